@@ -1,0 +1,348 @@
+"""`dlrm-prep criteo`: raw Criteo TSV to Parquet shards and a manifest, in resumable phases.
+
+  1. parse    every chunk of every input -> validated, cleaned rows in `.work/chunks/*.arrow`
+  2. plan     line counts per file -> which rows of which chunk go to which split and shard
+  3. vocab    (vocabulary encoding only) count the train rows' values, then keep those seen K times
+  4. write    each shard = fixed row ranges of the parsed chunks, encoded, as Parquet
+  5. manifest written last; `.work/` is removed
+
+Every output is written under a temporary name and renamed when complete, so a run killed at any
+point and started again with the same arguments skips what is done and ends with the same shards.
+Shards depend only on the row order and the options, never on `--workers` or on how the work was
+interleaved. The options that decide the output are fingerprinted; a different set on an existing
+output directory is refused instead of mixing two runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from data_prep import tasks
+from data_prep.inputs import InputFile, count_plain_chunks, discover_inputs, split_line_ranges
+from data_prep.manifest import build_manifest
+from data_prep.parse import BAD_ROW_REASONS
+from data_prep.schema import NUM_SPARSE, SPLITS
+
+
+class PrepError(RuntimeError):
+    """A run that cannot go on: its message says what to change."""
+
+
+@dataclass(frozen=True)
+class PrepOptions:
+    """Everything `dlrm-prep criteo` needs; see `data_prep.cli` for each option's meaning."""
+
+    inputs: tuple[str, ...]
+    out: str
+    layout: str
+    encoding: str
+    hash_buckets: tuple[int, ...] = ()
+    vocab_min_count: int = 0
+    dense_transform: str = "log1p"
+    rows_per_shard: int = 1 << 20
+    row_group_rows: int = 1 << 16
+    chunk_bytes: int = 16 << 20
+    compression: str = "snappy"
+    workers: int = 1
+    on_bad_row: str = "skip"
+    vocab_memory_bytes: int = 256 << 20
+    progress: bool = True
+
+    def fingerprint(self, input_files: list[InputFile]) -> dict[str, Any]:
+        """The options the output depends on (not workers, progress or memory budgets)."""
+        return {
+            "layout": self.layout,
+            "encoding": self.encoding_spec(),
+            "dense_transform": self.dense_transform,
+            "rows_per_shard": self.rows_per_shard,
+            "row_group_rows": self.row_group_rows,
+            "chunk_bytes": self.chunk_bytes,
+            "compression": self.compression,
+            "on_bad_row": self.on_bad_row,
+            "input_files": [{"path": f.path, "bytes": f.bytes} for f in input_files],
+        }
+
+    def encoding_spec(self) -> dict[str, Any]:
+        if self.encoding == "hash":
+            return {"mode": "hash", "hash_buckets": list(self.hash_buckets)}
+        return {"mode": "vocab", "min_count": self.vocab_min_count}
+
+
+@dataclass
+class _Piece:
+    """Rows [start, stop) of one parsed chunk that belong to one split."""
+
+    path: str
+    start: int
+    stop: int
+
+
+class _Runner:
+    """Runs tasks inline (1 worker) or in a process pool, with a progress bar fed by their results."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = (
+            ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=tasks.init_worker)
+            if workers > 1
+            else None
+        )
+
+    def map(self, function: Callable, calls: list[dict[str, Any]], on_result: Callable[[dict], None]) -> None:
+        self.run([(function, kwargs) for kwargs in calls], on_result)
+
+    def run(self, calls: list[tuple[Callable, dict[str, Any]]], on_result: Callable[[dict], None]) -> None:
+        """Runs `function(**kwargs)` for each call; stops at the first failure and re-raises it."""
+        if self.pool is None:
+            for function, kwargs in calls:
+                on_result(function(**kwargs))
+            return
+        pending: set[Future] = {self.pool.submit(function, **kwargs) for function, kwargs in calls}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                if future.exception() is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise future.exception()
+                on_result(future.result())
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _bar(options: PrepOptions, description: str, total: int | None, unit: str) -> tqdm:
+    return tqdm(
+        total=total, desc=description, unit=unit, unit_scale=True, disable=not options.progress,
+        dynamic_ncols=True, file=sys.stderr,
+    )  # fmt: skip
+
+
+def _prepare_output(options: PrepOptions, fingerprint: dict[str, Any]) -> Path | None:
+    """Creates or checks the output directory. Returns None when an identical run already finished."""
+    out = Path(options.out)
+    manifest_path = out / "manifest.json"
+    state_path = out / ".work" / "state.json"
+    for path in (manifest_path, state_path):
+        if path.exists():
+            previous = json.loads(path.read_text()).get("fingerprint")
+            if previous != fingerprint:
+                changed = sorted(key for key in fingerprint if previous is None or previous.get(key) != fingerprint[key])
+                raise PrepError(
+                    f"{out} holds the output of a run with other arguments (differs in: {', '.join(changed)}); "
+                    "use another --out or delete it"
+                )
+            if path == manifest_path:
+                return None
+            return out / ".work"
+    if out.exists() and any(out.iterdir()):
+        raise PrepError(f"--out {out} is not empty and was not written by dlrm-prep; use an empty or new directory")
+    (out / ".work" / "chunks").mkdir(parents=True, exist_ok=True)
+    tasks.write_json_atomic(state_path, {"fingerprint": fingerprint})
+    return out / ".work"
+
+
+def _parse_phase(options: PrepOptions, input_files: list[InputFile], work: Path, runner: _Runner) -> dict:
+    chunk_dir = work / "chunks"
+    calls = []
+    for file_index, input_file in enumerate(input_files):
+        if input_file.is_gzip:
+            if not (chunk_dir / f"f{file_index:05d}.done.json").exists():
+                calls.append((tasks.parse_gzip_file, {"input_file": input_file, "file_index": file_index}))
+            continue
+        for chunk_index in range(count_plain_chunks(input_file, options.chunk_bytes)):
+            if not (chunk_dir / f"{tasks.chunk_name(file_index, chunk_index)}.json").exists():
+                calls.append((tasks.parse_plain_chunk, {"input_file": input_file, "file_index": file_index, "chunk_index": chunk_index}))  # fmt: skip
+    common = {"chunk_bytes": options.chunk_bytes, "chunk_dir": str(chunk_dir), "dense_transform": options.dense_transform, "on_bad_row": options.on_bad_row}  # fmt: skip
+    stats = {"rows": 0, "lines": 0}
+    with _bar(options, "parse", None, "rows") as bar:
+
+        def on_result(result: dict) -> None:
+            stats["rows"] += result["rows"]
+            stats["lines"] += result["lines"]
+            bar.update(result["lines"])
+
+        runner.run([(function, {**kwargs, **common}) for function, kwargs in calls], on_result)
+    return stats
+
+
+def _chunk_names(input_file: InputFile, file_index: int, options: PrepOptions, chunk_dir: Path) -> list[str]:
+    if input_file.is_gzip:
+        done = json.loads((chunk_dir / f"f{file_index:05d}.done.json").read_text())
+        count = done["num_chunks"]
+    else:
+        count = count_plain_chunks(input_file, options.chunk_bytes)
+    return [tasks.chunk_name(file_index, index) for index in range(count)]
+
+
+def _plan(options: PrepOptions, input_files: list[InputFile], work: Path) -> dict[str, Any]:
+    """Assigns each parsed row to its split by line number and tallies lines and bad rows per file."""
+    chunk_dir = work / "chunks"
+    pieces: dict[str, list[_Piece]] = {split: [] for split in SPLITS}
+    bad_counts = dict.fromkeys(BAD_ROW_REASONS, 0)
+    examples: list[dict[str, Any]] = []
+    file_lines = []
+    for file_index, input_file in enumerate(input_files):
+        names = _chunk_names(input_file, file_index, options, chunk_dir)
+        metas = [json.loads((chunk_dir / f"{name}.json").read_text()) for name in names]
+        num_lines = sum(meta["num_lines"] for meta in metas)
+        file_lines.append(num_lines)
+        ranges = split_line_ranges(options.layout, file_index, len(input_files), num_lines)
+        first_line = 0
+        for name, meta in zip(names, metas):
+            for reason, count in meta["bad_counts"].items():
+                bad_counts[reason] += count
+            for line, reason, detail in meta["bad_examples"]:
+                examples.append({"where": f"{input_file.name}:{first_line + line}", "reason": reason, "detail": detail})
+            path = str(chunk_dir / f"{name}.arrow")
+            if len(ranges) == 1:
+                (split,) = ranges
+                pieces[split].append(_Piece(path, 0, meta["rows"]))
+            elif meta["rows"]:
+                with pa.memory_map(path) as source:
+                    lines = pa.ipc.open_file(source).read_all().column("line").to_numpy() + first_line
+                for split, (begin, end) in ranges.items():
+                    start, stop = np.searchsorted(lines, [begin, end])
+                    if stop > start:
+                        pieces[split].append(_Piece(path, int(start), int(stop)))
+            first_line += meta["num_lines"]
+    kept_examples = []
+    for reason in BAD_ROW_REASONS:
+        kept_examples.extend([example for example in examples if example["reason"] == reason][:5])
+    return {"pieces": pieces, "bad_counts": bad_counts, "bad_examples": kept_examples, "file_lines": file_lines}
+
+
+def _shard_ranges(pieces: list[_Piece], rows_per_shard: int) -> list[list[tuple[str, int, int]]]:
+    """Cuts the split's row sequence into shards of exactly `rows_per_shard` rows (the last may be short)."""
+    shards: list[list[tuple[str, int, int]]] = []
+    current: list[tuple[str, int, int]] = []
+    filled = 0
+    for piece in pieces:
+        position = piece.start
+        while position < piece.stop:
+            take = min(piece.stop - position, rows_per_shard - filled)
+            current.append((piece.path, position, position + take))
+            filled += take
+            position += take
+            if filled == rows_per_shard:
+                shards.append(current)
+                current, filled = [], 0
+    if current:
+        shards.append(current)
+    return shards
+
+
+def _vocab_phase(options: PrepOptions, plan: dict, work: Path, out: Path, runner: _Runner) -> list[str]:
+    counts_dir = work / "counts"
+    counts_dir.mkdir(exist_ok=True)
+    by_chunk: dict[str, list[tuple[str, int, int]]] = {}
+    for piece in plan["pieces"]["train"]:
+        by_chunk.setdefault(piece.path, []).append((piece.path, piece.start, piece.stop))
+    prefixes = [str(counts_dir / Path(path).stem) for path in by_chunk]
+    calls = [
+        {"pieces": chunk_pieces, "out_prefix": prefix}
+        for prefix, chunk_pieces in zip(prefixes, by_chunk.values())
+        if not (counts_dir / f"{Path(prefix).name}.offsets.npy").exists()
+    ]
+    with _bar(options, "count", sum(p.stop - p.start for p in plan["pieces"]["train"]), "rows") as bar:
+        runner.map(tasks.count_train_rows, calls, lambda result: bar.update(result["rows"]))
+    vocab_dir = out / "vocab"
+    vocab_dir.mkdir(exist_ok=True)
+    vocab_paths = [str(vocab_dir / f"C{index + 1}.npy") for index in range(NUM_SPARSE)]
+    calls = [
+        {"count_prefixes": prefixes, "column": index, "min_count": options.vocab_min_count,
+         "memory_budget": options.vocab_memory_bytes, "out_path": path}  # fmt: skip
+        for index, path in enumerate(vocab_paths)
+        if not Path(path).exists()
+    ]
+    with _bar(options, "vocab", NUM_SPARSE, "cols") as bar:
+        bar.update(NUM_SPARSE - len(calls))
+        runner.map(tasks.build_vocab_column, calls, lambda result: bar.update(1))
+    return vocab_paths
+
+
+def _write_phase(options: PrepOptions, plan: dict, out: Path, vocab_paths: list[str] | None, runner: _Runner) -> dict:
+    splits: dict[str, dict[str, Any]] = {}
+    calls = []
+    for split in SPLITS:
+        (out / split).mkdir(exist_ok=True)
+        shards = _shard_ranges(plan["pieces"][split], options.rows_per_shard)
+        files = []
+        for index, ranges in enumerate(shards):
+            relative = f"{split}/part-{index:05d}.parquet"
+            files.append({"path": relative, "rows": sum(stop - start for _, start, stop in ranges)})
+            if not (out / relative).exists():
+                calls.append({"pieces": ranges, "out_path": str(out / relative)})
+        splits[split] = {"rows": sum(f["rows"] for f in files), "files": files}
+    common = {
+        "encoding": options.encoding_spec(), "vocab_paths": vocab_paths,
+        "row_group_rows": options.row_group_rows, "compression": options.compression,
+    }  # fmt: skip
+    total = sum(split["rows"] for split in splits.values())
+    with _bar(options, "write", total, "rows") as bar:
+        bar.update(total - sum(sum(stop - start for _, start, stop in call["pieces"]) for call in calls))
+        runner.map(tasks.write_shard, [{**call, **common} for call in calls], lambda r: bar.update(r["rows"]))
+    return splits
+
+
+def run(options: PrepOptions, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Runs (or resumes) the whole preparation and returns the manifest it wrote.
+
+    Args:
+        options: the validated options.
+        arguments: the command line as the user gave it, recorded in the manifest.
+
+    Returns:
+        The manifest, as written to `<out>/manifest.json`.
+    """
+    started = time.time()
+    input_files = discover_inputs(list(options.inputs), options.layout)
+    fingerprint = options.fingerprint(input_files)
+    out = Path(options.out)
+    work = _prepare_output(options, fingerprint)
+    if work is None:
+        # A run killed between writing the manifest and removing its scratch space leaves `.work/`.
+        shutil.rmtree(out / ".work", ignore_errors=True)
+        return json.loads((out / "manifest.json").read_text())
+    runner = _Runner(options.workers)
+    try:
+        _parse_phase(options, input_files, work, runner)
+        plan = _plan(options, input_files, work)
+        vocab_paths = _vocab_phase(options, plan, work, out, runner) if options.encoding == "vocab" else None
+        splits = _write_phase(options, plan, out, vocab_paths, runner)
+    finally:
+        runner.close()
+    num_embeddings = (
+        list(options.hash_buckets)
+        if vocab_paths is None
+        else [len(np.load(path, mmap_mode="r")) + 1 for path in vocab_paths]
+    )
+    manifest = build_manifest(
+        options=asdict(options),
+        arguments=arguments or {},
+        fingerprint=fingerprint,
+        encoding=options.encoding_spec(),
+        vocab_files=[str(Path(p).relative_to(out)) for p in vocab_paths] if vocab_paths else None,
+        num_embeddings=num_embeddings,
+        splits=splits,
+        input_files=input_files,
+        file_lines=plan["file_lines"],
+        bad_counts=plan["bad_counts"],
+        bad_examples=plan["bad_examples"],
+        seconds=time.time() - started,
+    )
+    tasks.write_json_atomic(out / "manifest.json", manifest)
+    shutil.rmtree(work, ignore_errors=True)
+    return manifest

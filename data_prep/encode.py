@@ -1,0 +1,117 @@
+"""Categorical encoding: 32-bit raw values to embedding ids, by hashing or by a frequency vocabulary.
+
+Hash mode maps a value v of column c to `v % buckets[c]`: no pass over the data, the MLPerf way of
+capping tables (40M). Vocabulary mode gives the values seen at least K times in the train split
+contiguous ids 1..n (in value order) and maps everything else, including values never seen in train,
+to the reserved id 0.
+
+Counting has to stay within bounded memory at Criteo 1TB scale, where some columns hold hundreds of
+millions of distinct values. It happens in two steps:
+  1. per chunk, the (value, count) pairs of each column, sorted by value, are spilled to disk
+     (`count_chunk`), so no process ever holds more than one chunk's pairs;
+  2. per column, the spilled pairs are summed one value-range partition at a time (`reduce_column`);
+     the number of partitions is chosen so that one partition's pairs fit `memory_budget` bytes.
+     Criteo's values are hashes, uniform over the 32-bit range, so equal ranges hold equal shares.
+The kept values of a column are stored as one sorted uint32 array; encoding is a binary search in it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+ENCODINGS = ("hash", "vocab")
+# Bytes one (value, count) pair costs during the reduce: the uint32 value, the int64 count, and the
+# sort and inverse arrays np.unique builds for them.
+_BYTES_PER_PAIR = 32
+
+
+def hash_ids(values: np.ndarray, buckets: int) -> np.ndarray:
+    return (values % np.uint32(buckets)).astype(np.int32)
+
+
+def vocab_ids(values: np.ndarray, kept_values: np.ndarray) -> np.ndarray:
+    """Ids of `values` in a sorted vocabulary: position + 1 when present, else 0."""
+    if len(kept_values) == 0:
+        return np.zeros(len(values), np.int32)
+    positions = np.searchsorted(kept_values, values)
+    found = kept_values[np.minimum(positions, len(kept_values) - 1)] == values
+    return np.where(found, positions + 1, 0).astype(np.int32)
+
+
+def count_chunk(columns: list[np.ndarray], out_prefix: Path) -> None:
+    """Writes the sorted (value, count) pairs of each column as `<prefix>.values.npy` / `.counts.npy`.
+
+    `<prefix>.offsets.npy` holds where each column's pairs start; the three files are written under
+    temporary names and renamed, the offsets last, so a present offsets file means a complete count.
+    """
+    values_per_column, counts_per_column = [], []
+    for column in columns:
+        values, counts = np.unique(column, return_counts=True)
+        values_per_column.append(values.astype(np.uint32))
+        counts_per_column.append(counts.astype(np.uint32))
+    offsets = np.zeros(len(columns) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(v) for v in values_per_column])
+    for suffix, array in (
+        ("values", np.concatenate(values_per_column) if columns else np.zeros(0, np.uint32)),
+        ("counts", np.concatenate(counts_per_column) if columns else np.zeros(0, np.uint32)),
+        ("offsets", offsets),
+    ):
+        temporary = out_prefix.with_name(out_prefix.name + f".{suffix}.tmp.npy")
+        np.save(temporary, array)
+        temporary.rename(out_prefix.with_name(out_prefix.name + f".{suffix}.npy"))
+
+
+def count_is_complete(out_prefix: Path) -> bool:
+    return out_prefix.with_name(out_prefix.name + ".offsets.npy").exists()
+
+
+def _load(prefix: Path, suffix: str) -> np.ndarray:
+    return np.load(prefix.with_name(prefix.name + f".{suffix}.npy"), mmap_mode="r")
+
+
+def reduce_column(
+    count_prefixes: list[Path], column: int, min_count: int, memory_budget: int
+) -> tuple[np.ndarray, int]:
+    """Sums one column's spilled counts and keeps the values seen at least `min_count` times.
+
+    Args:
+        count_prefixes: the prefixes `count_chunk` wrote, one per train chunk.
+        column: index of the categorical column (0 for C1).
+        min_count: the threshold K.
+        memory_budget: bytes one partition's pairs may take while they are summed.
+
+    Returns:
+        (kept_values, num_partitions): the sorted uint32 values that get ids 1..n, and how many
+        value-range partitions the reduce used (1 for data that fits the budget at once).
+    """
+    slices = []
+    for prefix in count_prefixes:
+        offsets = _load(prefix, "offsets")
+        start, stop = int(offsets[column]), int(offsets[column + 1])
+        slices.append((_load(prefix, "values")[start:stop], _load(prefix, "counts")[start:stop]))
+    total_pairs = sum(len(values) for values, _ in slices)
+    partition_bits = 0
+    while (total_pairs >> partition_bits) * _BYTES_PER_PAIR > memory_budget and partition_bits < 16:
+        partition_bits += 1
+    kept = []
+    for partition in range(1 << partition_bits):
+        low = partition << (32 - partition_bits)
+        high = (partition + 1) << (32 - partition_bits)
+        part_values, part_counts = [], []
+        for values, counts in slices:
+            # Each chunk's pairs are sorted by value, so a partition is one contiguous range of them.
+            begin, end = np.searchsorted(values, [low, high]) if partition_bits else (0, len(values))
+            part_values.append(np.asarray(values[begin:end]))
+            part_counts.append(np.asarray(counts[begin:end]))
+        if not part_values:
+            continue
+        merged_values = np.concatenate(part_values)
+        if len(merged_values) == 0:
+            continue
+        distinct, inverse = np.unique(merged_values, return_inverse=True)
+        totals = np.bincount(inverse, weights=np.concatenate(part_counts), minlength=len(distinct))
+        kept.append(distinct[totals >= min_count])
+    kept_values = np.concatenate(kept).astype(np.uint32) if kept else np.zeros(0, np.uint32)
+    return kept_values, 1 << partition_bits

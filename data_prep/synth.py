@@ -1,0 +1,430 @@
+"""Synthetic Criteo-format click logs with a planted click model whose true probabilities are known.
+
+Tests, the demo and the benchmarks need Criteo-shaped data without the 1 TB download, and they need to know
+how well a model *could* do on it. `generate` writes `day_0 .. day_{N-1}` (or `day_i.gz`) in the exact
+Criteo TSV layout of `data_prep.schema`, next to each a `day_i.prob.npy` with the true click probability of
+every line, and a `synth.json` with the parameters plus each day's positive rate and oracle AUC (the AUC of
+the true probabilities: the ceiling a trained model approaches). `oracle_auc` recomputes that ceiling for any
+line range, e.g. the val/test split, so it can be printed next to the model's.
+
+How a row is drawn:
+- Every field of every row consumes exactly one uniform from a Philox stream keyed by (seed, day) whose
+  counter is derived from the row index, so the bytes depend neither on the run nor on `chunk_rows`.
+- Integer features are floored Lomax (Pareto II) draws: heavy-tailed counts with Criteo's per-column
+  missing rates; I2 is shifted down so it has Criteo's small negative values.
+- Categorical features draw a rank from a bounded Zipf law and map it to the column's vocabulary, a fixed
+  set of distinct random 32-bit values written as 8 lowercase hex digits.
+- The label is Bernoulli(sigmoid(logit)), the logit summing a bias calibrated to a 25% positive rate,
+  per-value effects of some categorical columns, joint effects of a few column pairs (no marginal part, so
+  only a model that crosses the two columns can learn it) and linear effects of log1p of a few integers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+from tqdm import tqdm
+
+from data_prep.schema import (
+    DENSE_COLUMNS,
+    KAGGLE_CARDINALITIES,
+    LABEL,
+    NUM_FIELDS,
+    NUM_SPARSE,
+    RAW_COLUMNS,
+    SPARSE_COLUMNS,
+)
+
+DEFAULT_CARDINALITY_CAP = 100_000
+# Kaggle's shape with the seven multi-million columns capped, so a laptop can hold and train every table.
+DEFAULT_CARDINALITIES: tuple[int, ...] = tuple(min(c, DEFAULT_CARDINALITY_CAP) for c in KAGGLE_CARDINALITIES)
+MAX_CARDINALITY = 2**32  # vocabularies are distinct 32-bit values
+TARGET_POSITIVE_RATE = 0.25
+ZIPF_EXPONENT = 1.1
+METADATA_FILE = "synth.json"
+
+
+@dataclass(frozen=True)
+class _DenseSpec:
+    missing_rate: float
+    median: float
+    """Median of the continuous Lomax draw, before flooring and offset."""
+    tail_index: float
+    """Lomax shape alpha: the smaller, the heavier the tail (below 1 the mean is infinite)."""
+    offset: int = 0
+
+
+# Missing rates are Criteo Kaggle's; medians and tails roughly follow its per-column quantiles.
+_DENSE_SPECS: tuple[_DenseSpec, ...] = (
+    _DenseSpec(0.45, 1.0, 1.5),  # I1
+    _DenseSpec(0.0, 5.0, 0.9, offset=-2),  # I2: Criteo has -1, -2 (and a few -3)
+    _DenseSpec(0.21, 7.0, 1.2),  # I3
+    _DenseSpec(0.22, 4.0, 2.5),  # I4
+    _DenseSpec(0.03, 2900.0, 1.3),  # I5
+    _DenseSpec(0.22, 33.0, 1.0),  # I6
+    _DenseSpec(0.04, 3.0, 1.2),  # I7
+    _DenseSpec(0.0005, 8.0, 2.0),  # I8
+    _DenseSpec(0.04, 40.0, 1.3),  # I9
+    _DenseSpec(0.45, 0.7, 4.0),  # I10
+    _DenseSpec(0.04, 1.0, 1.5),  # I11
+    _DenseSpec(0.77, 0.5, 1.2),  # I12
+    _DenseSpec(0.22, 5.0, 1.5),  # I13
+)
+_DENSE_MAX = 2**31 - 1  # keeps the heaviest tails inside int32 for downstream readers
+
+_SPARSE_MISSING_RATES: tuple[float, ...] = (
+    0.0, 0.0, 0.034, 0.034, 0.0, 0.12, 0.0, 0.0, 0.0, 0.0, 0.0, 0.034, 0.0,
+    0.0, 0.0, 0.034, 0.0, 0.0, 0.44, 0.44, 0.034, 0.82, 0.0, 0.034, 0.44, 0.44,
+)  # fmt: skip
+
+# The planted model: standard deviation of each effect on the logit.
+_VALUE_EFFECT_SCALES: tuple[tuple[str, float], ...] = (
+    ("C1", 0.4), ("C2", 0.3), ("C3", 0.5), ("C6", 0.3), ("C9", 0.3),
+    ("C13", 0.4), ("C14", 0.4), ("C17", 0.5), ("C23", 0.3), ("C24", 0.3),
+)  # fmt: skip
+_PAIR_EFFECT_SCALES: tuple[tuple[str, str, float], ...] = (("C6", "C14", 0.6), ("C9", "C17", 0.5), ("C2", "C5", 0.5))
+_DENSE_EFFECT_WEIGHTS: tuple[tuple[str, float], ...] = (("I1", 0.3), ("I6", -0.2), ("I11", 0.3), ("I13", -0.2))
+
+# Tags that separate the independent random streams derived from one seed.
+_VOCAB_STREAM, _EFFECT_STREAM, _PAIR_STREAM, _ROW_STREAM, _CALIBRATION_STREAM = range(5)
+_CALIBRATION_ROWS = 1 << 16
+_AUC_BINS = 1 << 20  # probability buckets of the streaming per-day AUC: ties below 1e-6 apart
+
+
+@dataclass(frozen=True)
+class SynthSummary:
+    """What `generate` wrote: one entry per day in each tuple."""
+
+    out_dir: Path
+    day_files: tuple[Path, ...]
+    probability_files: tuple[Path, ...]
+    rows_per_day: int
+    positive_rates: tuple[float, ...]
+    oracle_aucs: tuple[float, ...]
+    seconds: float
+
+    @property
+    def rows_per_second(self) -> float:
+        return len(self.day_files) * self.rows_per_day / max(self.seconds, 1e-9)
+
+
+@dataclass(frozen=True)
+class _ClickModel:
+    """The fixed, seed-determined parts of every row: vocabularies and the planted logit."""
+
+    cardinalities: tuple[int, ...]
+    vocabularies: tuple[pa.StringArray, ...]
+    value_effects: tuple[tuple[int, np.ndarray], ...]
+    """(sparse column index, effect of each vocabulary rank)."""
+    pair_effects: tuple[tuple[int, int, float, int], ...]
+    """(sparse column a, sparse column b, scale, hash key)."""
+    dense_effects: tuple[tuple[int, float], ...]
+    """(dense column index, weight on log1p of the value)."""
+    bias: float = 0.0
+
+
+def _check_at_least(name: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+
+
+def _check_cardinalities(name: str, cardinalities: Sequence[int]) -> tuple[int, ...]:
+    if len(cardinalities) != NUM_SPARSE:
+        raise ValueError(f"{name}: needs {NUM_SPARSE} values (C1..C26), got {len(cardinalities)}")
+    for column, cardinality in zip(SPARSE_COLUMNS, cardinalities, strict=True):
+        if not 1 <= cardinality <= MAX_CARDINALITY:
+            raise ValueError(f"{name}: {column} must be in [1, 2**32], got {cardinality}")
+    return tuple(int(c) for c in cardinalities)
+
+
+def _hex_vocabulary(values: np.ndarray) -> pa.StringArray:
+    """Formats uint32 values as 8 lowercase hex digits, vectorised (no Python string per value)."""
+    hex_digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+    nibbles = (values[:, None] >> np.arange(28, -1, -4, dtype=np.uint32)) & 0xF
+    chars = np.ascontiguousarray(hex_digits[nibbles])
+    offsets = np.arange(0, 8 * len(values) + 1, 8, dtype=np.int32)
+    return pa.StringArray.from_buffers(len(values), pa.py_buffer(offsets), pa.py_buffer(chars))
+
+
+def _build_click_model(seed: int, cardinalities: tuple[int, ...]) -> _ClickModel:
+    """Draws vocabularies and effects; each column has its own stream so resizing one changes no other."""
+    vocabularies = tuple(
+        _hex_vocabulary(
+            np.random.default_rng([seed, _VOCAB_STREAM, column])
+            .choice(MAX_CARDINALITY, size=cardinality, replace=False)
+            .astype(np.uint32)
+        )
+        for column, cardinality in enumerate(cardinalities)
+    )
+    value_effects = []
+    for name, scale in _VALUE_EFFECT_SCALES:
+        column = SPARSE_COLUMNS.index(name)
+        rng = np.random.default_rng([seed, _EFFECT_STREAM, column])
+        value_effects.append((column, scale * rng.standard_normal(cardinalities[column])))
+    pair_effects = tuple(
+        (
+            SPARSE_COLUMNS.index(name_a),
+            SPARSE_COLUMNS.index(name_b),
+            scale,
+            int(np.random.default_rng([seed, _PAIR_STREAM, pair]).integers(2**63)),
+        )
+        for pair, (name_a, name_b, scale) in enumerate(_PAIR_EFFECT_SCALES)
+    )
+    dense_effects = tuple((DENSE_COLUMNS.index(name), weight) for name, weight in _DENSE_EFFECT_WEIGHTS)
+    model = _ClickModel(cardinalities, vocabularies, tuple(value_effects), pair_effects, dense_effects)
+    return dataclasses.replace(model, bias=_calibrate_bias(model, seed))
+
+
+def _row_uniforms(seed: int, stream: tuple[int, ...], first_row: int, num_rows: int) -> np.ndarray:
+    """Returns (NUM_FIELDS, num_rows) uniforms in [0, 1): one per field, the same whatever the chunking."""
+    key = np.random.SeedSequence([seed, *stream]).generate_state(2, np.uint64)
+    # Philox yields 4 words per counter step and a row takes NUM_FIELDS (40) words, so row r starts at
+    # counter r * 10: a chunk starting anywhere reproduces exactly the rows of one long stream.
+    words_per_counter = 4
+    bit_generator = np.random.Philox(key=key, counter=first_row * NUM_FIELDS // words_per_counter)
+    uniforms = np.random.Generator(bit_generator).random((num_rows, NUM_FIELDS))
+    return np.ascontiguousarray(uniforms.T)
+
+
+def _split_missing(uniform: np.ndarray, missing_rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """Splits one uniform into a missing flag and a fresh uniform in [0, 1) for the value."""
+    missing = uniform < missing_rate
+    value_uniform = (uniform - missing_rate) / (1.0 - missing_rate)
+    return missing, np.clip(value_uniform, 0.0, np.nextafter(1.0, 0.0))
+
+
+def _zipf_ranks(uniform: np.ndarray, cardinality: int) -> np.ndarray:
+    """Inverse CDF of a power law on [1, N + 1), floored: a bounded Zipf law in closed form, so a column
+    of millions of values costs what a column of ten does (no probability table, no search)."""
+    one_minus_s = 1.0 - ZIPF_EXPONENT
+    top = (cardinality + 1.0) ** one_minus_s
+    ranks = np.floor((1.0 + uniform * (top - 1.0)) ** (1.0 / one_minus_s)) - 1.0
+    return np.clip(ranks, 0, cardinality - 1).astype(np.int64)
+
+
+def _splitmix64(values: np.ndarray) -> np.ndarray:
+    """A well-mixing 64-bit hash; numpy's uint64 arithmetic wraps, as the algorithm needs."""
+    mixed = values + np.uint64(0x9E3779B97F4A7C15)
+    mixed = (mixed ^ (mixed >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    mixed = (mixed ^ (mixed >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return mixed ^ (mixed >> np.uint64(31))
+
+
+def _pair_normal(ranks_a: np.ndarray, ranks_b: np.ndarray, cardinality_b: int, key: int) -> np.ndarray:
+    """A standard normal draw fixed by the (value a, value b) pair: hash, then Box-Muller on its halves.
+    Hashing instead of a table keeps memory flat when both columns have millions of values."""
+    joint = ranks_a.astype(np.uint64) * np.uint64(cardinality_b) + ranks_b.astype(np.uint64)
+    bits = _splitmix64(joint ^ np.uint64(key))
+    radius_uniform = ((bits >> np.uint64(32)).astype(np.float64) + 0.5) / 2**32
+    angle_uniform = (bits & np.uint64(0xFFFFFFFF)).astype(np.float64) / 2**32
+    return np.sqrt(-2.0 * np.log(radius_uniform)) * np.cos(2.0 * np.pi * angle_uniform)
+
+
+def _draw_features(model: _ClickModel, uniforms: np.ndarray) -> tuple[list[pa.Array], np.ndarray]:
+    """Turns rows of uniforms into the 39 feature columns and each row's logit without the bias.
+
+    Args:
+        model: vocabularies and planted effects.
+        uniforms: (NUM_FIELDS, rows) from `_row_uniforms`; row 0 (the label's) is not used here.
+
+    Returns:
+        The I1..I13 (int64) and C1..C26 (string) arrays with nulls for missing, and the logits.
+    """
+    logits = np.zeros(uniforms.shape[1])
+    dense_arrays = []
+    dense_log1p = []
+    for field, spec in enumerate(_DENSE_SPECS):
+        missing, value_uniform = _split_missing(uniforms[1 + field], spec.missing_rate)
+        scale = spec.median / (2.0 ** (1.0 / spec.tail_index) - 1.0)
+        lomax = scale * ((1.0 - value_uniform) ** (-1.0 / spec.tail_index) - 1.0)
+        values = np.minimum(np.floor(lomax), _DENSE_MAX).astype(np.int64) + spec.offset
+        dense_arrays.append(pa.array(values, mask=missing))
+        dense_log1p.append(np.where(missing, 0.0, np.log1p(np.maximum(values, 0))))
+    sparse_arrays = []
+    sparse_ranks = []
+    sparse_missing = []
+    for column, cardinality in enumerate(model.cardinalities):
+        uniform = uniforms[1 + len(_DENSE_SPECS) + column]
+        missing, value_uniform = _split_missing(uniform, _SPARSE_MISSING_RATES[column])
+        ranks = _zipf_ranks(value_uniform, cardinality)
+        sparse_arrays.append(model.vocabularies[column].take(pa.array(ranks, mask=missing)))
+        sparse_ranks.append(ranks)
+        sparse_missing.append(missing)
+
+    for column, effect_per_rank in model.value_effects:
+        logits += np.where(sparse_missing[column], 0.0, effect_per_rank[sparse_ranks[column]])
+    for column_a, column_b, scale, key in model.pair_effects:
+        joint_effect = scale * _pair_normal(
+            sparse_ranks[column_a], sparse_ranks[column_b], model.cardinalities[column_b], key
+        )
+        either_missing = sparse_missing[column_a] | sparse_missing[column_b]
+        logits += np.where(either_missing, 0.0, joint_effect)
+    for field, weight in model.dense_effects:
+        logits += weight * dense_log1p[field]
+    return dense_arrays + sparse_arrays, logits
+
+
+def _calibrate_bias(model: _ClickModel, seed: int) -> float:
+    """Bisects for the bias that makes the mean click probability TARGET_POSITIVE_RATE on a sample."""
+    uniforms = _row_uniforms(seed, (_CALIBRATION_STREAM,), 0, _CALIBRATION_ROWS)
+    _, logits = _draw_features(model, uniforms)
+    low, high = -30.0, 30.0
+    for _ in range(60):
+        bias = (low + high) / 2
+        if np.mean(1.0 / (1.0 + np.exp(-(bias + logits)))) < TARGET_POSITIVE_RATE:
+            low = bias
+        else:
+            high = bias
+    return (low + high) / 2
+
+
+def _draw_rows(model: _ClickModel, seed: int, day: int, first_row: int, num_rows: int):
+    """Returns (table in RAW_COLUMNS order, float32 click probabilities, int8 labels) for rows
+    [first_row, first_row + num_rows) of one day."""
+    uniforms = _row_uniforms(seed, (_ROW_STREAM, day), first_row, num_rows)
+    features, logits = _draw_features(model, uniforms)
+    probabilities = (1.0 / (1.0 + np.exp(-(model.bias + logits)))).astype(np.float32)
+    # Drawn against the stored float32 value, so the sidecar is exactly the label's probability.
+    labels = (uniforms[0] < probabilities).astype(np.int8)
+    table = pa.Table.from_arrays([pa.array(labels), *features], names=list(RAW_COLUMNS))
+    return table, probabilities, labels
+
+
+def _auc_from_counts(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """Mann-Whitney AUC from per-bucket label counts, buckets in ascending score order; a bucket's rows
+    share the average of the ranks they span, which is how ties count one half."""
+    num_positive, num_negative = positives.sum(), negatives.sum()
+    if num_positive == 0 or num_negative == 0:
+        raise ValueError("labels: AUC needs both positive and negative labels")
+    counts = (positives + negatives).astype(np.float64)
+    average_ranks = np.cumsum(counts) - (counts - 1.0) / 2.0
+    positive_rank_sum = float(np.dot(positives.astype(np.float64), average_ranks))
+    u_statistic = positive_rank_sum - num_positive * (num_positive + 1.0) / 2.0
+    return u_statistic / (float(num_positive) * float(num_negative))
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Exact ROC AUC: the rank-sum (Mann-Whitney) statistic, tied scores sharing their average rank.
+
+    Args:
+        scores: one score per example; higher means more likely positive.
+        labels: 0/1 per example, same length as `scores`.
+
+    Returns:
+        The probability that a random positive outscores a random negative (ties count one half).
+    """
+    scores, labels = np.asarray(scores).ravel(), np.asarray(labels).ravel()
+    if scores.shape != labels.shape:
+        raise ValueError(f"labels: expected {scores.size} labels (one per score), got {labels.size}")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("labels: must all be 0 or 1")
+    _, score_bucket = np.unique(scores, return_inverse=True)
+    positives = np.bincount(score_bucket, weights=labels).astype(np.int64)
+    negatives = np.bincount(score_bucket).astype(np.int64) - positives
+    return _auc_from_counts(positives, negatives)
+
+
+def generate(
+    out_dir: str | Path,
+    *,
+    days: int,
+    rows_per_day: int,
+    seed: int = 0,
+    gzip: bool = False,
+    cardinalities: Sequence[int] | None = None,
+    chunk_rows: int = 65536,
+    progress: bool = True,
+) -> SynthSummary:
+    """Writes `days` synthetic Criteo day files, their probability sidecars and `synth.json`.
+
+    Memory stays bounded by `chunk_rows` and the vocabularies, whatever `rows_per_day` is.
+
+    Args:
+        out_dir: directory to write into (created if missing; existing files of the same name are replaced).
+        days: number of day files, `day_0 .. day_{days-1}`.
+        rows_per_day: lines per day file.
+        seed: fixes every byte written; the output does not depend on `chunk_rows`.
+        gzip: write `day_i.gz` instead of plain `day_i`.
+        cardinalities: vocabulary size of C1..C26 (default: `DEFAULT_CARDINALITIES`).
+        chunk_rows: rows drawn and written at a time.
+        progress: show a tqdm bar counting rows.
+
+    Returns:
+        The files written and each day's positive rate and oracle AUC (also in `synth.json`).
+    """
+    _check_at_least("days", days, 1)
+    _check_at_least("rows_per_day", rows_per_day, 1)
+    _check_at_least("seed", seed, 0)
+    _check_at_least("chunk_rows", chunk_rows, 1)
+    cardinalities = _check_cardinalities(
+        "cardinalities", DEFAULT_CARDINALITIES if cardinalities is None else cardinalities
+    )
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = _build_click_model(seed, cardinalities)
+    day_names = [f"day_{day}.gz" if gzip else f"day_{day}" for day in range(days)]
+    probability_names = [f"day_{day}.prob.npy" for day in range(days)]
+    write_options = pa_csv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
+    schema = pa.schema(
+        [pa.field(LABEL, pa.int8())]
+        + [pa.field(name, pa.int64()) for name in DENSE_COLUMNS]
+        + [pa.field(name, pa.string()) for name in SPARSE_COLUMNS]
+    )
+    positive_rates, oracle_aucs = [], []
+    with tqdm(total=days * rows_per_day, unit="rows", unit_scale=True, disable=not progress) as bar:
+        for day in range(days):
+            day_path = out_dir / day_names[day]
+            # Arrow's own gzip stream: C++ compression, and a header without a timestamp, so same bytes.
+            sink = pa.CompressedOutputStream(str(day_path), "gzip") if gzip else pa.OSFile(str(day_path), "wb")
+            probabilities = np.lib.format.open_memmap(
+                out_dir / probability_names[day], mode="w+", dtype=np.float32, shape=(rows_per_day,)
+            )
+            positives_per_bin = np.zeros(_AUC_BINS, dtype=np.int64)
+            rows_per_bin = np.zeros(_AUC_BINS, dtype=np.int64)
+            with sink, pa_csv.CSVWriter(sink, schema, write_options=write_options) as writer:
+                for first_row in range(0, rows_per_day, chunk_rows):
+                    num_rows = min(chunk_rows, rows_per_day - first_row)
+                    table, chunk_probabilities, labels = _draw_rows(model, seed, day, first_row, num_rows)
+                    writer.write_table(table)
+                    probabilities[first_row : first_row + num_rows] = chunk_probabilities
+                    prob_bin = np.minimum((chunk_probabilities * _AUC_BINS).astype(np.int64), _AUC_BINS - 1)
+                    positives_per_bin += np.bincount(prob_bin, weights=labels, minlength=_AUC_BINS).astype(np.int64)
+                    rows_per_bin += np.bincount(prob_bin, minlength=_AUC_BINS)
+                    bar.update(num_rows)
+            probabilities.flush()
+            del probabilities
+            positive_rates.append(float(positives_per_bin.sum()) / rows_per_day)
+            oracle_aucs.append(_auc_from_counts(positives_per_bin, rows_per_bin - positives_per_bin))
+
+    metadata = {
+        "seed": seed,
+        "days": days,
+        "rows_per_day": rows_per_day,
+        "gzip": gzip,
+        "cardinalities": list(cardinalities),
+        "files": day_names,
+        "probability_files": probability_names,
+        "target_positive_rate": TARGET_POSITIVE_RATE,
+        "positive_rate": positive_rates,
+        "oracle_auc": oracle_aucs,
+    }
+    (out_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    return SynthSummary(
+        out_dir=out_dir,
+        day_files=tuple(out_dir / name for name in day_names),
+        probability_files=tuple(out_dir / name for name in probability_names),
+        rows_per_day=rows_per_day,
+        positive_rates=tuple(positive_rates),
+        oracle_aucs=tuple(oracle_aucs),
+        seconds=time.perf_counter() - started,
+    )
