@@ -15,7 +15,6 @@ import sys
 
 from data_prep import synth
 from data_prep.criteo import PrepError, PrepOptions, run
-from data_prep.encode import ENCODINGS
 from data_prep.inputs import LAYOUTS, InputError
 from data_prep.manifest import format_summary
 from data_prep.parse import DENSE_TRANSFORMS, BadRowError
@@ -25,36 +24,86 @@ MLPERF_HASH_BUCKETS = 40_000_000
 
 
 def _add_criteo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                        help="input files or directories: day_0..day_N[.gz] (terabyte) or train.txt[.gz] (kaggle)")
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="output directory (created); a re-run with the same arguments resumes or returns at once")
-    parser.add_argument("--layout", choices=LAYOUTS, required=True,
-                        help="terabyte: train = all days but the last; last day's first half val, second half test. "
-                        "kaggle: one train.txt; first 6/7 of lines train, last 1/7 split into val then test halves")
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="input files or directories: day_0..day_N[.gz] (terabyte) or train.txt[.gz] (kaggle)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output directory (created); a re-run with the same arguments resumes or returns at once",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        required=True,
+        help="terabyte: train = all days but the last; last day's first half val, second half test. "
+        "kaggle: one train.txt; first 6/7 of lines train, last 1/7 split into val then test halves",
+    )
     encoding = parser.add_mutually_exclusive_group(required=True)
-    encoding.add_argument("--hash-buckets", metavar="N[,N...]",
-                          help=f"hash encoding: id = value mod N (one N, or {NUM_SPARSE} comma-separated); "
-                          f"MLPerf uses {MLPERF_HASH_BUCKETS:,}")
-    encoding.add_argument("--vocab-min-count", type=int, metavar="K",
-                          help="vocabulary encoding: values seen >= K times in train get ids 1..n; others, and values "
-                          "unseen in train, get the reserved id 0")
-    parser.add_argument("--dense-transform", choices=DENSE_TRANSFORMS, default="log1p",
-                        help="log1p (default): missing/negative -> 0, then log(1+x); none: missing -> 0, raw value")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="worker processes (default: all cores); the output does not depend on it")
-    parser.add_argument("--on-bad-row", choices=("skip", "error"), default="skip",
-                        help="skip (default): drop and count bad lines by reason; error: stop at the first, naming file:line")
-    parser.add_argument("--rows-per-shard", type=int, default=1 << 20, help="rows per Parquet file (default 1048576)")
-    parser.add_argument("--row-group-rows", type=int, default=1 << 16,
-                        help="rows per Parquet row group, the unit the trainer streams (default 65536)")
-    parser.add_argument("--chunk-mb", type=float, default=16.0,
-                        help="MB of text parsed at once per worker; memory per worker is about 6x this (default 16)")
-    parser.add_argument("--compression", choices=("snappy", "zstd", "lz4", "none"), default="snappy",
-                        help="Parquet compression (default snappy)")
-    parser.add_argument("--vocab-memory-mb", type=int, default=256,
-                        help="memory budget per worker for summing vocabulary counts (default 256)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")  # fmt: skip
+    encoding.add_argument(
+        "--hash-buckets",
+        metavar="N[,N...]",
+        help=f"hash encoding: id = value mod N (one N, or {NUM_SPARSE} comma-separated); "
+        f"MLPerf uses {MLPERF_HASH_BUCKETS:,}",
+    )
+    encoding.add_argument(
+        "--vocab-min-count",
+        type=int,
+        metavar="K",
+        help="vocabulary encoding: values seen >= K times in train get ids 1..n; others, and values "
+        "unseen in train, get the reserved id 0",
+    )
+    parser.add_argument(
+        "--dense-transform",
+        choices=DENSE_TRANSFORMS,
+        default="log1p",
+        help="log1p (default): missing/negative -> 0, then log(1+x); none: missing -> 0, raw value",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes (default: all cores); the output does not depend on it",
+    )
+    parser.add_argument(
+        "--on-bad-row",
+        choices=("skip", "error"),
+        default="skip",
+        help="skip (default): drop and count bad lines by reason; error: stop at the first, naming file:line",
+    )
+    parser.add_argument(
+        "--rows-per-shard", type=int, default=1 << 20, help="rows per Parquet file (default 1048576)"
+    )
+    parser.add_argument(
+        "--row-group-rows",
+        type=int,
+        default=1 << 16,
+        help="rows per Parquet row group, the unit the trainer streams (default 65536)",
+    )
+    parser.add_argument(
+        "--chunk-mb",
+        type=float,
+        default=16.0,
+        help="MB of text parsed at once per worker; memory per worker is about 6x this (default 16)",
+    )
+    parser.add_argument(
+        "--compression",
+        choices=("snappy", "zstd", "lz4", "none"),
+        default="snappy",
+        help="Parquet compression (default snappy)",
+    )
+    parser.add_argument(
+        "--vocab-memory-mb",
+        type=int,
+        default=256,
+        help="memory budget per worker for summing vocabulary counts (default 256)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _positive(value: int, flag: str) -> int:
@@ -107,17 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dlrm-prep", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     synth_parser = commands.add_parser(
-        "synth", help="write synthetic Criteo-format days with a planted signal",
+        "synth",
+        help="write synthetic Criteo-format days with a planted signal",
         description="Write day_0..day_{N-1} in the exact Criteo TSV layout, labels drawn from a planted model, "
         "and each row's true click probability in day_i.prob.npy (for the oracle AUC).",
-    )  # fmt: skip
+    )
     synth.add_cli_arguments(synth_parser)
     synth_parser.set_defaults(handler=synth.run_cli)
     criteo_parser = commands.add_parser(
-        "criteo", help="raw Criteo TSV -> Parquet shards + manifest.json",
+        "criteo",
+        help="raw Criteo TSV -> Parquet shards + manifest.json",
         description="Stream raw Criteo TSV (plain or .gz) into <out>/{train,val,test}/part-NNNNN.parquet and "
         "<out>/manifest.json, with bounded memory, in parallel, resumable after a crash.",
-    )  # fmt: skip
+    )
     _add_criteo_arguments(criteo_parser)
     criteo_parser.set_defaults(handler=_run_criteo)
     return parser
@@ -125,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_criteo(args: argparse.Namespace) -> int:
     options = options_from_args(args)
-    manifest = run(options, arguments={k: v for k, v in vars(args).items() if k not in ("command", "handler")})
+    manifest = run(
+        options, arguments={k: v for k, v in vars(args).items() if k not in ("command", "handler")}
+    )
     print(format_summary(manifest))
     print(f"manifest: {os.path.join(options.out, 'manifest.json')}")
     return 0

@@ -19,11 +19,12 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -108,14 +109,18 @@ class _Runner:
             for function, kwargs in calls:
                 on_result(function(**kwargs))
             return
-        pending: set[Future] = {self.pool.submit(function, **kwargs) for function, kwargs in calls}
+        futures: list[Future] = [self.pool.submit(function, **kwargs) for function, kwargs in calls]
+        pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            if any(future.exception() is not None for future in done):
+                for future in pending:
+                    future.cancel()
+                wait(pending)
+                # Report the failure of the earliest task, so that --on-bad-row error names the first
+                # bad line of those the workers reached, not whichever worker happened to finish first.
+                raise next(f.exception() for f in futures if f.done() and not f.cancelled() and f.exception())
             for future in done:
-                if future.exception() is not None:
-                    for other in pending:
-                        other.cancel()
-                    raise future.exception()
                 on_result(future.result())
 
     def close(self) -> None:
@@ -125,9 +130,14 @@ class _Runner:
 
 def _bar(options: PrepOptions, description: str, total: int | None, unit: str) -> tqdm:
     return tqdm(
-        total=total, desc=description, unit=unit, unit_scale=True, disable=not options.progress,
-        dynamic_ncols=True, file=sys.stderr,
-    )  # fmt: skip
+        total=total,
+        desc=description,
+        unit=unit,
+        unit_scale=True,
+        disable=not options.progress,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
 
 
 def _prepare_output(options: PrepOptions, fingerprint: dict[str, Any]) -> Path | None:
@@ -139,7 +149,9 @@ def _prepare_output(options: PrepOptions, fingerprint: dict[str, Any]) -> Path |
         if path.exists():
             previous = json.loads(path.read_text()).get("fingerprint")
             if previous != fingerprint:
-                changed = sorted(key for key in fingerprint if previous is None or previous.get(key) != fingerprint[key])
+                changed = sorted(
+                    key for key in fingerprint if previous is None or previous.get(key) != fingerprint[key]
+                )
                 raise PrepError(
                     f"{out} holds the output of a run with other arguments (differs in: {', '.join(changed)}); "
                     "use another --out or delete it"
@@ -148,7 +160,9 @@ def _prepare_output(options: PrepOptions, fingerprint: dict[str, Any]) -> Path |
                 return None
             return out / ".work"
     if out.exists() and any(out.iterdir()):
-        raise PrepError(f"--out {out} is not empty and was not written by dlrm-prep; use an empty or new directory")
+        raise PrepError(
+            f"--out {out} is not empty and was not written by dlrm-prep; use an empty or new directory"
+        )
     (out / ".work" / "chunks").mkdir(parents=True, exist_ok=True)
     tasks.write_json_atomic(state_path, {"fingerprint": fingerprint})
     return out / ".work"
@@ -164,8 +178,18 @@ def _parse_phase(options: PrepOptions, input_files: list[InputFile], work: Path,
             continue
         for chunk_index in range(count_plain_chunks(input_file, options.chunk_bytes)):
             if not (chunk_dir / f"{tasks.chunk_name(file_index, chunk_index)}.json").exists():
-                calls.append((tasks.parse_plain_chunk, {"input_file": input_file, "file_index": file_index, "chunk_index": chunk_index}))  # fmt: skip
-    common = {"chunk_bytes": options.chunk_bytes, "chunk_dir": str(chunk_dir), "dense_transform": options.dense_transform, "on_bad_row": options.on_bad_row}  # fmt: skip
+                calls.append(
+                    (
+                        tasks.parse_plain_chunk,
+                        {"input_file": input_file, "file_index": file_index, "chunk_index": chunk_index},
+                    )
+                )
+    common = {
+        "chunk_bytes": options.chunk_bytes,
+        "chunk_dir": str(chunk_dir),
+        "dense_transform": options.dense_transform,
+        "on_bad_row": options.on_bad_row,
+    }
     stats = {"rows": 0, "lines": 0}
     with _bar(options, "parse", None, "rows") as bar:
 
@@ -201,11 +225,13 @@ def _plan(options: PrepOptions, input_files: list[InputFile], work: Path) -> dic
         file_lines.append(num_lines)
         ranges = split_line_ranges(options.layout, file_index, len(input_files), num_lines)
         first_line = 0
-        for name, meta in zip(names, metas):
+        for name, meta in zip(names, metas, strict=True):
             for reason, count in meta["bad_counts"].items():
                 bad_counts[reason] += count
             for line, reason, detail in meta["bad_examples"]:
-                examples.append({"where": f"{input_file.name}:{first_line + line}", "reason": reason, "detail": detail})
+                examples.append(
+                    {"where": f"{input_file.name}:{first_line + line}", "reason": reason, "detail": detail}
+                )
             path = str(chunk_dir / f"{name}.arrow")
             if len(ranges) == 1:
                 (split,) = ranges
@@ -221,7 +247,12 @@ def _plan(options: PrepOptions, input_files: list[InputFile], work: Path) -> dic
     kept_examples = []
     for reason in BAD_ROW_REASONS:
         kept_examples.extend([example for example in examples if example["reason"] == reason][:5])
-    return {"pieces": pieces, "bad_counts": bad_counts, "bad_examples": kept_examples, "file_lines": file_lines}
+    return {
+        "pieces": pieces,
+        "bad_counts": bad_counts,
+        "bad_examples": kept_examples,
+        "file_lines": file_lines,
+    }
 
 
 def _shard_ranges(pieces: list[_Piece], rows_per_shard: int) -> list[list[tuple[str, int, int]]]:
@@ -253,7 +284,7 @@ def _vocab_phase(options: PrepOptions, plan: dict, work: Path, out: Path, runner
     prefixes = [str(counts_dir / Path(path).stem) for path in by_chunk]
     calls = [
         {"pieces": chunk_pieces, "out_prefix": prefix}
-        for prefix, chunk_pieces in zip(prefixes, by_chunk.values())
+        for prefix, chunk_pieces in zip(prefixes, by_chunk.values(), strict=True)
         if not (counts_dir / f"{Path(prefix).name}.offsets.npy").exists()
     ]
     with _bar(options, "count", sum(p.stop - p.start for p in plan["pieces"]["train"]), "rows") as bar:
@@ -262,8 +293,13 @@ def _vocab_phase(options: PrepOptions, plan: dict, work: Path, out: Path, runner
     vocab_dir.mkdir(exist_ok=True)
     vocab_paths = [str(vocab_dir / f"C{index + 1}.npy") for index in range(NUM_SPARSE)]
     calls = [
-        {"count_prefixes": prefixes, "column": index, "min_count": options.vocab_min_count,
-         "memory_budget": options.vocab_memory_bytes, "out_path": path}  # fmt: skip
+        {
+            "count_prefixes": prefixes,
+            "column": index,
+            "min_count": options.vocab_min_count,
+            "memory_budget": options.vocab_memory_bytes,
+            "out_path": path,
+        }
         for index, path in enumerate(vocab_paths)
         if not Path(path).exists()
     ]
@@ -273,7 +309,9 @@ def _vocab_phase(options: PrepOptions, plan: dict, work: Path, out: Path, runner
     return vocab_paths
 
 
-def _write_phase(options: PrepOptions, plan: dict, out: Path, vocab_paths: list[str] | None, runner: _Runner) -> dict:
+def _write_phase(
+    options: PrepOptions, plan: dict, out: Path, vocab_paths: list[str] | None, runner: _Runner
+) -> dict:
     splits: dict[str, dict[str, Any]] = {}
     calls = []
     for split in SPLITS:
@@ -287,9 +325,11 @@ def _write_phase(options: PrepOptions, plan: dict, out: Path, vocab_paths: list[
                 calls.append({"pieces": ranges, "out_path": str(out / relative)})
         splits[split] = {"rows": sum(f["rows"] for f in files), "files": files}
     common = {
-        "encoding": options.encoding_spec(), "vocab_paths": vocab_paths,
-        "row_group_rows": options.row_group_rows, "compression": options.compression,
-    }  # fmt: skip
+        "encoding": options.encoding_spec(),
+        "vocab_paths": vocab_paths,
+        "row_group_rows": options.row_group_rows,
+        "compression": options.compression,
+    }
     total = sum(split["rows"] for split in splits.values())
     with _bar(options, "write", total, "rows") as bar:
         bar.update(total - sum(sum(stop - start for _, start, stop in call["pieces"]) for call in calls))

@@ -77,7 +77,9 @@ def discover_inputs(paths: list[str], layout: str) -> list[InputFile]:
     files = _expand(paths, layout)
     if layout == "kaggle":
         if len(files) != 1:
-            raise InputError(f"--layout kaggle takes exactly one train.txt (plain or .gz), got {len(files)} files")
+            raise InputError(
+                f"--layout kaggle takes exactly one train.txt (plain or .gz), got {len(files)} files"
+            )
     else:
         days = {}
         for path in files:
@@ -94,7 +96,9 @@ def discover_inputs(paths: list[str], layout: str) -> list[InputFile]:
     return [InputFile(path=str(path.resolve()), bytes=path.stat().st_size) for path in files]
 
 
-def split_line_ranges(layout: str, file_index: int, num_files: int, num_lines: int) -> dict[str, tuple[int, int]]:
+def split_line_ranges(
+    layout: str, file_index: int, num_files: int, num_lines: int
+) -> dict[str, tuple[int, int]]:
     """The 1-based, half-open line ranges [first, stop) of each split within one input file."""
     everything = (1, num_lines + 1)
     if layout == "terabyte":
@@ -131,14 +135,18 @@ def _line_start_at_or_after(handle, offset: int) -> int:
         position += len(block)
 
 
-def read_plain_chunk(input_file: InputFile, chunk_index: int, chunk_bytes: int) -> bytes:
-    """Chunk `chunk_index` of a plain file: the lines that start in [i * chunk_bytes, (i+1) * chunk_bytes)."""
+def read_plain_chunk(input_file: InputFile, chunk_index: int, chunk_bytes: int) -> tuple[bytes, int]:
+    """Chunk `chunk_index` of a plain file: the lines that start in [i * chunk_bytes, (i+1) * chunk_bytes).
+
+    Returns:
+        (data, start): the chunk's bytes and the file offset of its first line.
+    """
     try:
         with open(input_file.path, "rb") as handle:
             start = _line_start_at_or_after(handle, chunk_index * chunk_bytes)
             stop = _line_start_at_or_after(handle, (chunk_index + 1) * chunk_bytes)
             handle.seek(start)
-            return handle.read(max(0, stop - start))
+            return handle.read(max(0, stop - start)), start
     except OSError as error:
         raise InputError(f"{input_file.path}: cannot read: {error}") from error
 
@@ -162,4 +170,6 @@ def iter_gzip_chunks(input_file: InputFile, chunk_bytes: int) -> Iterator[tuple[
             if carry:
                 yield carry, raw.tell()
     except (OSError, EOFError, zlib.error) as error:
-        raise InputError(f"{input_file.path}: cannot read gzip data (truncated or corrupt?): {error}") from error
+        raise InputError(
+            f"{input_file.path}: cannot read gzip data (truncated or corrupt?): {error}"
+        ) from error

@@ -66,7 +66,8 @@ def build_manifest(
         "row_group_rows": options["row_group_rows"],
         "splits": splits,
         "input_files": [
-            {"path": f.path, "bytes": f.bytes, "lines": lines} for f, lines in zip(input_files, file_lines)
+            {"path": f.path, "bytes": f.bytes, "lines": lines}
+            for f, lines in zip(input_files, file_lines, strict=True)
         ],
         "rows_read": rows_read,
         "rows_written": rows_written,
@@ -105,7 +106,9 @@ def format_summary(manifest: dict[str, Any]) -> str:
     bad = manifest["bad_rows"]
     lines.append(f"{'read':<8}{manifest['rows_read']:>14,}")
     lines.append(f"{'written':<8}{manifest['rows_written']:>14,}")
-    lines.append(f"{'rejected':<8}{bad['total']:>14,}  " + ", ".join(f"{k}={v}" for k, v in bad["counts"].items()))
+    lines.append(
+        f"{'rejected':<8}{bad['total']:>14,}  " + ", ".join(f"{k}={v}" for k, v in bad["counts"].items())
+    )
     for example in bad["examples"]:
         lines.append(f"  {example['where']}: {example['reason']}: {example['detail']}")
     sizes = manifest["num_embeddings"]

@@ -247,7 +247,11 @@ def parse_chunk(data: bytes, dense_transform: str = "log1p") -> ParsedChunk:
     invalid_numbers = np.array([number for number, _, _ in invalid_rows], np.int64)
     lines = np.setdiff1d(np.arange(1, num_lines + 1, dtype=np.int64), invalid_numbers, assume_unique=True)
     for number, actual_columns, text in invalid_rows:
-        bad.add(number, "field_count", f"{actual_columns} fields, expected {NUM_FIELDS}: {_describe(text.encode())}")
+        bad.add(
+            number,
+            "field_count",
+            f"{actual_columns} fields, expected {NUM_FIELDS}: {_describe(text.encode())}",
+        )
 
     rejected = np.zeros(table.num_rows, bool)
     if len(empty_lines):
@@ -261,7 +265,9 @@ def parse_chunk(data: bytes, dense_transform: str = "log1p") -> ParsedChunk:
         label_column, _ = _cast_with_errors(label_column, pa.int8())
     label_values = label_column.to_numpy(zero_copy_only=False)
     label_missing = np.asarray(label_column.is_null().to_numpy(zero_copy_only=False))
-    bad_label = ~rejected & (label_missing | ((np.nan_to_num(label_values, nan=-1) != 0) & (label_values != 1)))
+    bad_label = ~rejected & (
+        label_missing | ((np.nan_to_num(label_values, nan=-1) != 0) & (label_values != 1))
+    )
     raw_labels = table.column(LABEL).combine_chunks()
     for row in np.flatnonzero(bad_label):
         shown = raw_labels[row].as_py()
@@ -276,7 +282,9 @@ def parse_chunk(data: bytes, dense_transform: str = "log1p") -> ParsedChunk:
             raw_column = column
             column, failed = _cast_with_errors(column, pa.int64())
             for row in np.flatnonzero(failed & ~rejected):
-                bad.add(int(lines[row]), "dense", f"{name}={_describe(raw_column[row].as_py())} is not an integer")
+                bad.add(
+                    int(lines[row]), "dense", f"{name}={_describe(raw_column[row].as_py())} is not an integer"
+                )
             rejected |= failed
         dense_columns.append(transform_dense(column, dense_transform))
 
@@ -285,7 +293,11 @@ def parse_chunk(data: bytes, dense_transform: str = "log1p") -> ParsedChunk:
         column = table.column(name).combine_chunks()
         values, invalid = decode_hex_column(column)
         for row in np.flatnonzero(invalid & ~rejected):
-            bad.add(int(lines[row]), "categorical", f"{name}={_describe(column[row].as_py())} is not 1 to 8 hex digits")
+            bad.add(
+                int(lines[row]),
+                "categorical",
+                f"{name}={_describe(column[row].as_py())} is not 1 to 8 hex digits",
+            )
         rejected |= invalid
         sparse_columns.append(pa.array(values))
 

@@ -23,9 +23,33 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 # Cardinalities of C1..C26 in Criteo Kaggle's train.txt (distinct values per column, as reported by
 # facebookresearch/dlrm and TorchRec's dataset docs). Synthetic defaults are shaped like these.
 KAGGLE_CARDINALITIES: tuple[int, ...] = (
-    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
-    27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
-)  # fmt: skip
+    1460,
+    583,
+    10131227,
+    2202608,
+    305,
+    24,
+    12517,
+    633,
+    3,
+    93145,
+    5683,
+    8351593,
+    3194,
+    27,
+    14992,
+    5461306,
+    10,
+    5652,
+    2173,
+    4,
+    7046547,
+    18,
+    15,
+    286181,
+    105,
+    142572,
+)
 
 
 def output_schema() -> pa.Schema:

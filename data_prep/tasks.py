@@ -53,7 +53,13 @@ def count_lines_before(path: str, offset: int) -> int:
 
 
 def _process_chunk(
-    data: bytes, chunk_dir: Path, name: str, dense_transform: str, on_bad_row: str, where: str, first_line: int | None
+    data: bytes,
+    chunk_dir: Path,
+    name: str,
+    dense_transform: str,
+    on_bad_row: str,
+    where: str,
+    first_line: int | None,
 ) -> dict[str, Any]:
     parsed = parse_chunk(data, dense_transform)
     if on_bad_row == "error" and parsed.bad.total:
@@ -76,25 +82,34 @@ def _process_chunk(
 
 
 def parse_plain_chunk(
-    input_file: InputFile, file_index: int, chunk_index: int, chunk_bytes: int, chunk_dir: str,
-    dense_transform: str, on_bad_row: str,
-) -> dict[str, Any]:  # fmt: skip
+    input_file: InputFile,
+    file_index: int,
+    chunk_index: int,
+    chunk_bytes: int,
+    chunk_dir: str,
+    dense_transform: str,
+    on_bad_row: str,
+) -> dict[str, Any]:
     """Parses one byte range of a plain file into `<chunk_dir>/<name>.arrow` and its `.json` meta."""
     name = chunk_name(file_index, chunk_index)
-    data = read_plain_chunk(input_file, chunk_index, chunk_bytes)
+    data, start = read_plain_chunk(input_file, chunk_index, chunk_bytes)
     try:
         meta = _process_chunk(data, Path(chunk_dir), name, dense_transform, on_bad_row, input_file.name, None)
     except BadRowError as error:
         # The chunk only knows its own line numbers; count the lines before it to name the file's line.
         where, line_text, rest = str(error).split(":", 2)
-        start = chunk_index * chunk_bytes
         offset = count_lines_before(input_file.path, start) if start else 0
         raise BadRowError(f"{where}:{offset + int(line_text)}:{rest}") from None
     return {"rows": meta["rows"], "lines": meta["num_lines"], "bytes": len(data)}
 
 
 def parse_gzip_file(
-    input_file: InputFile, file_index: int, chunk_bytes: int, chunk_dir: str, dense_transform: str, on_bad_row: str
+    input_file: InputFile,
+    file_index: int,
+    chunk_bytes: int,
+    chunk_dir: str,
+    dense_transform: str,
+    on_bad_row: str,
 ) -> dict[str, Any]:
     """Parses a whole .gz file, chunk after chunk; chunks already on disk are read past, not parsed again."""
     directory = Path(chunk_dir)
@@ -107,7 +122,9 @@ def parse_gzip_file(
             meta = json.loads(meta_path.read_text())
         else:
             try:
-                meta = _process_chunk(data, directory, name, dense_transform, on_bad_row, input_file.name, lines)
+                meta = _process_chunk(
+                    data, directory, name, dense_transform, on_bad_row, input_file.name, lines
+                )
             except BadRowError as error:
                 where, line_text, rest = str(error).split(":", 2)
                 raise BadRowError(f"{where}:{lines + int(line_text)}:{rest}") from None
@@ -134,7 +151,9 @@ def count_train_rows(pieces: list[tuple[str, int, int]], out_prefix: str) -> dic
 def build_vocab_column(
     count_prefixes: list[str], column: int, min_count: int, memory_budget: int, out_path: str
 ) -> dict[str, Any]:
-    kept, partitions = encode.reduce_column([Path(p) for p in count_prefixes], column, min_count, memory_budget)
+    kept, partitions = encode.reduce_column(
+        [Path(p) for p in count_prefixes], column, min_count, memory_budget
+    )
     temporary = out_path + ".tmp.npy"
     np.save(temporary, kept)
     os.replace(temporary, out_path)
@@ -154,9 +173,13 @@ def _encode_sparse(table: pa.Table, encoding: dict[str, Any], vocabularies: list
 
 
 def write_shard(
-    pieces: list[tuple[str, int, int]], out_path: str, encoding: dict[str, Any], vocab_paths: list[str] | None,
-    row_group_rows: int, compression: str,
-) -> dict[str, Any]:  # fmt: skip
+    pieces: list[tuple[str, int, int]],
+    out_path: str,
+    encoding: dict[str, Any],
+    vocab_paths: list[str] | None,
+    row_group_rows: int,
+    compression: str,
+) -> dict[str, Any]:
     """Writes one Parquet shard from row ranges of parsed chunks, one row group at a time.
 
     Only a row group's worth of rows is held at once, so memory does not grow with the shard size.
@@ -171,7 +194,9 @@ def write_shard(
     def flush(writer: pq.ParquetWriter, tables: list[pa.Table]) -> None:
         table = pa.concat_tables(tables)
         columns = [table.column(LABEL), *(table.column(name) for name in DENSE_COLUMNS)]
-        encoded = pa.Table.from_arrays([*columns, *_encode_sparse(table, encoding, vocabularies)], schema=schema)
+        encoded = pa.Table.from_arrays(
+            [*columns, *_encode_sparse(table, encoding, vocabularies)], schema=schema
+        )
         writer.write_table(encoded, row_group_size=row_group_rows)
 
     with pq.ParquetWriter(temporary, schema, compression=compression) as writer:
