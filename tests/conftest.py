@@ -22,3 +22,17 @@ def tsv_line(label: str = "1", dense: list[str] | None = None, sparse: list[str]
     dense = dense if dense is not None else ["3"] * 13
     sparse = sparse if sparse is not None else ["0a0b0c0d"] * 26
     return "\t".join([label, *dense, *sparse])
+
+
+@pytest.fixture(scope="session")
+def prepared_sample(tmp_path_factory) -> Path:
+    """The real sample through `dlrm-prep criteo` (kaggle layout, vocab K=2), with small shards and row groups."""
+    if not SAMPLE.is_file():
+        pytest.skip(f"real Criteo sample not found at {SAMPLE}")
+    from data_prep.cli import main
+
+    out = tmp_path_factory.mktemp("prepared") / "sample"
+    args = ["criteo", "--input", str(SAMPLE), "--out", str(out), "--layout", "kaggle", "--vocab-min-count", "2",
+            "--rows-per-shard", "1000", "--row-group-rows", "250", "--workers", "1", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    return out

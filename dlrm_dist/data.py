@@ -1,0 +1,287 @@
+"""Parquet shards -> per-rank batches (dense tensor, KeyedJaggedTensor of sparse ids, labels).
+
+Which rows a rank reads: the split's row groups, listed from the Parquet footers in manifest order
+(and, for training, permuted per epoch with the seed: the same permutation on every rank), form one
+sequence of rows; rank r of W reads rows [r*N/W, (r+1)*N/W) of it. So the ranks' parts are disjoint,
+cover the split, and differ in size by at most one row, whatever W is.
+
+Training: rows go through a bounded shuffle buffer and come out in batches of the per-rank batch size;
+every rank runs the same number of steps (a sharded model's forward is a collective), so each epoch
+drops the few rows past the last full batch of the smallest rank.
+
+Evaluation: every row exactly once. Each rank runs the same number of batches, so the last batches
+are padded to full size with copies of a real row, and each batch carries how many of its rows count.
+
+The reading, shuffling and batch assembly run in a background thread, `prefetch` batches ahead of
+the model; pyarrow and numpy release the GIL for the heavy parts.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torchrec.datasets.utils import Batch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from data_prep.schema import DENSE_COLUMNS, LABEL, SPARSE_COLUMNS
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """One Parquet row group of a split: the unit of reading and of the per-epoch shuffle."""
+
+    path: str
+    index: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class RowRange:
+    """Rows [start, stop) of one row group."""
+
+    group: RowGroup
+    start: int
+    stop: int
+
+
+def list_row_groups(data_dir: str | Path, manifest: dict, split: str) -> list[RowGroup]:
+    """The split's row groups in manifest order, sizes read from the Parquet footers."""
+    groups = []
+    for entry in manifest["splits"][split]["files"]:
+        path = str(Path(data_dir) / entry["path"])
+        metadata = pq.ParquetFile(path).metadata
+        groups.extend(
+            RowGroup(path, index, metadata.row_group(index).num_rows)
+            for index in range(metadata.num_row_groups)
+        )
+    return groups
+
+
+def rank_row_ranges(groups: list[RowGroup], rank: int, world_size: int) -> list[RowRange]:
+    """Rank `rank`'s contiguous share [r*N/W, (r+1)*N/W) of the rows of `groups`, in their order."""
+    total = sum(group.rows for group in groups)
+    begin, end = rank * total // world_size, (rank + 1) * total // world_size
+    ranges, offset = [], 0
+    for group in groups:
+        start, stop = max(begin, offset), min(end, offset + group.rows)
+        if start < stop:
+            ranges.append(RowRange(group, start - offset, stop - offset))
+        offset += group.rows
+    return ranges
+
+
+def epoch_row_groups(groups: list[RowGroup], seed: int, epoch: int) -> list[RowGroup]:
+    """The row groups in this epoch's order: a permutation that every rank computes identically."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(groups))
+    return [groups[i] for i in order]
+
+
+def _read_range(row_range: RowRange) -> pa.Table:
+    table = pq.ParquetFile(row_range.group.path).read_row_group(row_range.group.index)
+    return table.slice(row_range.start, row_range.stop - row_range.start)
+
+
+def _columns(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    dense = np.stack([table.column(name).to_numpy() for name in DENSE_COLUMNS], axis=1)
+    sparse = np.stack([table.column(name).to_numpy() for name in SPARSE_COLUMNS], axis=0)
+    labels = table.column(LABEL).to_numpy().astype(np.float32)
+    return dense, sparse, labels
+
+
+def make_batch(dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray) -> Batch:
+    """Builds a `Batch` from [B, 13] dense, [26, B] one-hot ids and [B] labels.
+
+    The KeyedJaggedTensor is built from lengths (all 1 for one-hot data) so multi-hot fits the same path.
+    """
+    num_features, batch_size = sparse.shape
+    sparse_features = KeyedJaggedTensor(
+        keys=list(SPARSE_COLUMNS),
+        values=torch.from_numpy(np.ascontiguousarray(sparse).reshape(-1).astype(np.int64)),
+        lengths=torch.ones(num_features * batch_size, dtype=torch.int32),
+    )
+    return Batch(
+        dense_features=torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)),
+        sparse_features=sparse_features,
+        labels=torch.from_numpy(labels),
+    )
+
+
+Columns = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _concat(parts: list[Columns]) -> Columns:
+    return (
+        np.concatenate([part[0] for part in parts]),
+        np.concatenate([part[1] for part in parts], axis=1),
+        np.concatenate([part[2] for part in parts]),
+    )
+
+
+def _take(columns: Columns, rows: np.ndarray | slice) -> Columns:
+    return columns[0][rows], columns[1][:, rows], columns[2][rows]
+
+
+def train_steps_per_epoch(groups: list[RowGroup], world_size: int, batch_size_per_rank: int) -> int:
+    """Steps every rank runs per epoch: full batches of the smallest rank's share."""
+    total = sum(group.rows for group in groups)
+    return (total // world_size) // batch_size_per_rank
+
+
+def iter_train_batches(
+    groups: list[RowGroup],
+    rank: int,
+    world_size: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    shuffle_buffer: int,
+) -> Iterator[Batch]:
+    """This rank's training batches of one epoch, in a deterministic shuffled order.
+
+    Args:
+        groups: the train split's row groups (`list_row_groups`).
+        rank: this rank.
+        world_size: the number of ranks.
+        batch_size: rows per batch on this rank.
+        seed: with `epoch` and `rank`, what the row-group permutation and the shuffle buffer draw from.
+        epoch: the epoch.
+        shuffle_buffer: rows kept back and mixed with each new row group (0: no row shuffle).
+    """
+    steps = train_steps_per_epoch(groups, world_size, batch_size)
+    rng = np.random.default_rng([seed, epoch, rank])
+    ranges = rank_row_ranges(epoch_row_groups(groups, seed, epoch), rank, world_size)
+    pending: list[Columns] = []
+    pending_rows = emitted = 0
+    for row_range in [*ranges, None]:
+        if row_range is not None:
+            pending.append(_columns(_read_range(row_range)))
+            pending_rows += row_range.stop - row_range.start
+            if pending_rows < shuffle_buffer + batch_size:
+                continue
+        reserve = shuffle_buffer if row_range is not None else 0
+        columns = _concat(pending)
+        order = rng.permutation(pending_rows) if shuffle_buffer else np.arange(pending_rows)
+        ready = max(0, pending_rows - reserve) // batch_size * batch_size
+        for start in range(0, ready, batch_size):
+            if emitted == steps:
+                return
+            yield make_batch(*_take(columns, order[start : start + batch_size]))
+            emitted += 1
+        pending = [_take(columns, order[ready:])]
+        pending_rows -= ready
+
+
+def eval_batches_per_rank(groups: list[RowGroup], world_size: int, batch_size: int) -> int:
+    largest_share = -(-sum(group.rows for group in groups) // world_size)
+    return -(-largest_share // batch_size)
+
+
+def iter_eval_batches(
+    groups: list[RowGroup], rank: int, world_size: int, batch_size: int, max_rows: int = 0
+) -> Iterator[tuple[Batch, int]]:
+    """This rank's evaluation batches as (batch, rows that count); every row of the split exactly once.
+
+    All ranks yield `eval_batches_per_rank` batches of exactly `batch_size` rows; rows past the end of
+    this rank's share repeat its last real row (or row 0 of the split if it has none) and do not count.
+
+    Args:
+        groups: the split's row groups.
+        rank: this rank.
+        world_size: the number of ranks.
+        batch_size: rows per batch on this rank.
+        max_rows: evaluate only the split's first rows (0: all).
+    """
+    if max_rows:
+        groups = _first_rows(groups, max_rows)
+    num_batches = eval_batches_per_rank(groups, world_size, batch_size)
+    range_iter = iter(rank_row_ranges(groups, rank, world_size))
+    filler = _columns(_read_range(RowRange(groups[0], 0, 1))) if groups else None
+    pending: list[Columns] = []
+    pending_rows = 0
+    for _ in range(num_batches):
+        while pending_rows < batch_size and (row_range := next(range_iter, None)) is not None:
+            pending.append(_columns(_read_range(row_range)))
+            pending_rows += row_range.stop - row_range.start
+        columns = _concat(pending) if pending else filler
+        valid = min(batch_size, pending_rows)
+        if valid:
+            filler = _take(columns, slice(valid - 1, valid))
+        padding = _take(filler, np.zeros(batch_size - valid, np.int64))
+        yield make_batch(*_concat([_take(columns, slice(0, valid)), padding])), valid
+        pending = [_take(columns, slice(valid, None))] if pending_rows > valid else []
+        pending_rows -= valid
+
+
+def _first_rows(groups: list[RowGroup], max_rows: int) -> list[RowGroup]:
+    kept, total = [], 0
+    for group in groups:
+        if total >= max_rows:
+            break
+        kept.append(RowGroup(group.path, group.index, min(group.rows, max_rows - total)))
+        total += kept[-1].rows
+    return kept
+
+
+class Prefetcher:
+    """Runs an iterator in a background thread, `depth` items ahead, and times how long the consumer waits.
+
+    Args:
+        iterator: what to run ahead (batches).
+        depth: how many items may wait in the queue.
+    """
+
+    _END = object()
+
+    def __init__(self, iterator: Iterator, depth: int) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self.wait_seconds = 0.0
+        self._thread = threading.Thread(
+            target=self._run, args=(iterator,), daemon=True, name="batch-prefetch"
+        )
+        self._thread.start()
+
+    def _run(self, iterator: Iterator) -> None:
+        try:
+            for item in iterator:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._queue.put(self._END)
+        except BaseException as error:  # surfaced in the consumer's thread, with its traceback
+            self._queue.put(error)
+
+    def __iter__(self) -> Prefetcher:
+        return self
+
+    def __next__(self):
+        started = time.perf_counter()
+        item = self._queue.get()
+        self.wait_seconds += time.perf_counter() - started
+        if item is self._END:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                self._thread.join(timeout=0.05)
