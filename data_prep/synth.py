@@ -411,13 +411,9 @@ def _write_day(
             progress_bar.update(num_rows)
     probabilities.flush()
     num_positive = int(positives_per_bin.sum())
-    both_classes = 0 < num_positive < rows_per_day
-    day_auc = (
-        _auc_from_counts(positives_per_bin, rows_per_bin - positives_per_bin)
-        if both_classes
-        else float("nan")
-    )
-    return num_positive / rows_per_day, day_auc
+    if not 0 < num_positive < rows_per_day:
+        return num_positive / rows_per_day, float("nan")
+    return num_positive / rows_per_day, _auc_from_counts(positives_per_bin, rows_per_bin - positives_per_bin)
 
 
 def generate(
@@ -501,23 +497,25 @@ def generate(
     )
 
 
-def _read_labels(day_path: Path, start: int, num_rows: int) -> np.ndarray:
-    """Reads the label field of lines [start, start + num_rows) of a day file, streaming (gz aware)."""
+def _read_labels(day_path: Path, start: int, stop: int) -> np.ndarray:
+    """Reads the label field of lines [start, stop) of a day file, streaming (gz aware)."""
     reader = pa_csv.open_csv(
         str(day_path),
-        read_options=pa_csv.ReadOptions(column_names=list(RAW_COLUMNS), skip_rows=start),
+        read_options=pa_csv.ReadOptions(column_names=list(RAW_COLUMNS)),
         parse_options=pa_csv.ParseOptions(delimiter="\t", quote_char=False),
         convert_options=pa_csv.ConvertOptions(include_columns=[LABEL], column_types={LABEL: pa.int8()}),
     )
-    batches, rows_read = [], 0
+    # Arrow can only skip lines that fit in its first block, so the lines before `start` are read too.
+    label_parts, first_line = [], 0
     for batch in reader:
-        batches.append(batch.column(0).to_numpy())
-        rows_read += batch.num_rows
-        if rows_read >= num_rows:
+        batch_labels = batch.column(0).to_numpy()
+        label_parts.append(batch_labels[max(start - first_line, 0) : max(stop - first_line, 0)])
+        first_line += batch.num_rows
+        if first_line >= stop:
             break
-    labels = np.concatenate(batches)[:num_rows] if batches else np.zeros(0, dtype=np.int8)
-    if labels.size != num_rows:
-        raise ValueError(f"{day_path}: expected {start + num_rows} lines, found {start + labels.size}")
+    labels = np.concatenate([np.zeros(0, dtype=np.int8), *label_parts])
+    if labels.size != stop - start:
+        raise ValueError(f"{day_path}: expected at least {stop} lines, found {first_line}")
     return labels
 
 
@@ -542,51 +540,35 @@ def oracle_auc(synth_dir: str | Path, day: int, start: int = 0, stop: int | None
     if not 0 <= start < stop <= rows_per_day:
         raise ValueError(f"start, stop: need 0 <= start < stop <= {rows_per_day}, got {start}, {stop}")
     probabilities = np.load(synth_dir / metadata["probability_files"][day], mmap_mode="r")[start:stop]
-    labels = _read_labels(synth_dir / metadata["files"][day], start, stop - start)
+    labels = _read_labels(synth_dir / metadata["files"][day], start, stop)
     return auc(probabilities, labels)
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the flags of `dlrm-prep synth`; `run_cli` checks their ranges and runs it."""
     parser.add_argument(
-        "--out",
-        required=True,
-        type=Path,
-        metavar="DIR",
+        "--out", required=True, type=Path, metavar="DIR",
         help="directory for day_0 .. day_{N-1}, their day_i.prob.npy true click probabilities and synth.json",
-    )
+    )  # fmt: skip
     parser.add_argument(
         "--days", type=int, default=3, metavar="N", help="day files to write, >= 1 (default: 3)"
     )
     parser.add_argument(
-        "--rows-per-day",
-        type=int,
-        default=100_000,
-        metavar="R",
-        help="lines per day file, >= 1 (default: 100000)",
+        "--rows-per-day", type=int, default=100_000, metavar="R", help="lines per day, >= 1 (default: 100000)"
     )
     parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        metavar="S",
-        help="fixes every byte written, >= 0 (default: 0); the same seed always gives the same files",
+        "--seed", type=int, default=0, metavar="S", help="fixes every byte written, >= 0 (default: 0)"
     )
     parser.add_argument("--gzip", action="store_true", help="write day_i.gz instead of plain day_i")
     parser.add_argument(
-        "--cardinalities",
-        default=None,
-        metavar="LIST|CAP",
-        help=f"vocabulary sizes of C1..C26: {NUM_SPARSE} comma-separated ints in [1, 2**32], or one int capping "
-        f"Criteo Kaggle's sizes (default: Kaggle's capped at {DEFAULT_CARDINALITY_CAP})",
-    )
+        "--cardinalities", default=None, metavar="LIST|CAP",
+        help=f"vocabulary sizes of C1..C26: {NUM_SPARSE} comma-separated ints in [1, 2**32], or one int that "
+        f"caps Criteo Kaggle's sizes (default: {DEFAULT_CARDINALITY_CAP}, laptop-sized)",
+    )  # fmt: skip
     parser.add_argument(
-        "--chunk-rows",
-        type=int,
-        default=65536,
-        metavar="ROWS",
-        help="rows drawn and written at a time, >= 1; bounds memory, never changes the output (default: 65536)",
-    )
+        "--chunk-rows", type=int, default=65536, metavar="ROWS",
+        help="rows drawn and written at a time, >= 1: bounds memory, never changes the output (default: 65536)",
+    )  # fmt: skip
 
 
 def _parse_cardinalities(text: str) -> tuple[int, ...]:
@@ -626,7 +608,8 @@ def run_cli(args: argparse.Namespace) -> int:
         chunk_rows=args.chunk_rows,
     )
     print(
-        f"wrote {len(summary.day_files)} x {summary.rows_per_day:,} rows to {summary.out_dir} "
+        f"wrote {summary.day_files[0].name} .. {summary.day_files[-1].name} ({summary.rows_per_day:,} rows each), "
+        f"their .prob.npy sidecars and {METADATA_FILE} to {summary.out_dir} "
         f"in {summary.seconds:.1f} s ({summary.rows_per_second:,.0f} rows/s)"
     )
     for day_file, positive_rate, day_auc in zip(
