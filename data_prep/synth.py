@@ -4,7 +4,7 @@ Tests, the demo and the benchmarks need Criteo-shaped data without the 1 TB down
 how well a model *could* do on it. `generate` writes `day_0 .. day_{N-1}` (or `day_i.gz`) in the exact
 Criteo TSV layout of `data_prep.schema`, next to each a `day_i.prob.npy` with the true click probability of
 every line, and a `synth.json` with the parameters plus each day's positive rate and oracle AUC (the AUC of
-the true probabilities: the ceiling a trained model approaches). `oracle_auc` recomputes that ceiling for any
+the true probabilities: the ceiling a trained model approaches). `data_prep.oracle.oracle_auc` recomputes it for any
 line range, e.g. the val/test split, so it can be printed next to the model's.
 
 How a row is drawn:
@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from tqdm import tqdm
 
+from data_prep.oracle import METADATA_FILE, auc_from_counts
 from data_prep.schema import (
     DENSE_COLUMNS,
     KAGGLE_CARDINALITIES,
@@ -51,7 +52,6 @@ DEFAULT_CARDINALITIES: tuple[int, ...] = tuple(min(c, DEFAULT_CARDINALITY_CAP) f
 MAX_CARDINALITY = 2**32  # vocabularies are distinct 32-bit values
 TARGET_POSITIVE_RATE = 0.25
 ZIPF_EXPONENT = 1.1
-METADATA_FILE = "synth.json"
 
 
 @dataclass(frozen=True)
@@ -332,40 +332,6 @@ def _draw_rows(
     return table, probabilities, labels
 
 
-def _auc_from_counts(positives: np.ndarray, negatives: np.ndarray) -> float:
-    """Mann-Whitney AUC from per-bucket label counts, buckets in ascending score order; a bucket's rows
-    share the average of the ranks they span, which is how ties count one half."""
-    num_positive, num_negative = positives.sum(), negatives.sum()
-    if num_positive == 0 or num_negative == 0:
-        raise ValueError("labels: AUC needs both positive and negative labels")
-    counts = (positives + negatives).astype(np.float64)
-    average_ranks = np.cumsum(counts) - (counts - 1.0) / 2.0
-    positive_rank_sum = float(np.dot(positives.astype(np.float64), average_ranks))
-    u_statistic = positive_rank_sum - num_positive * (num_positive + 1.0) / 2.0
-    return float(u_statistic / (float(num_positive) * float(num_negative)))
-
-
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Exact ROC AUC: the rank-sum (Mann-Whitney) statistic, tied scores sharing their average rank.
-
-    Args:
-        scores: one score per example; higher means more likely positive.
-        labels: 0/1 per example, same length as `scores`.
-
-    Returns:
-        The probability that a random positive outscores a random negative (ties count one half).
-    """
-    scores, labels = np.asarray(scores).ravel(), np.asarray(labels).ravel()
-    if scores.shape != labels.shape:
-        raise ValueError(f"labels: expected {scores.size} labels (one per score), got {labels.size}")
-    if not np.isin(labels, (0, 1)).all():
-        raise ValueError("labels: must all be 0 or 1")
-    _, score_bucket = np.unique(scores, return_inverse=True)
-    positives = np.bincount(score_bucket, weights=labels).astype(np.int64)
-    negatives = np.bincount(score_bucket).astype(np.int64) - positives
-    return _auc_from_counts(positives, negatives)
-
-
 def _write_day(
     model: _ClickModel,
     seed: int,
@@ -413,7 +379,7 @@ def _write_day(
     num_positive = int(positives_per_bin.sum())
     if not 0 < num_positive < rows_per_day:
         return num_positive / rows_per_day, float("nan")
-    return num_positive / rows_per_day, _auc_from_counts(positives_per_bin, rows_per_bin - positives_per_bin)
+    return num_positive / rows_per_day, auc_from_counts(positives_per_bin, rows_per_bin - positives_per_bin)
 
 
 def generate(
@@ -495,53 +461,6 @@ def generate(
         oracle_aucs=tuple(oracle_aucs),
         seconds=time.perf_counter() - started,
     )
-
-
-def _read_labels(day_path: Path, start: int, stop: int) -> np.ndarray:
-    """Reads the label field of lines [start, stop) of a day file, streaming (gz aware)."""
-    reader = pa_csv.open_csv(
-        str(day_path),
-        read_options=pa_csv.ReadOptions(column_names=list(RAW_COLUMNS)),
-        parse_options=pa_csv.ParseOptions(delimiter="\t", quote_char=False),
-        convert_options=pa_csv.ConvertOptions(include_columns=[LABEL], column_types={LABEL: pa.int8()}),
-    )
-    # Arrow can only skip lines that fit in its first block, so the lines before `start` are read too.
-    label_parts, first_line = [], 0
-    for batch in reader:
-        batch_labels = batch.column(0).to_numpy()
-        label_parts.append(batch_labels[max(start - first_line, 0) : max(stop - first_line, 0)])
-        first_line += batch.num_rows
-        if first_line >= stop:
-            break
-    labels = np.concatenate([np.zeros(0, dtype=np.int8), *label_parts])
-    if labels.size != stop - start:
-        raise ValueError(f"{day_path}: expected at least {stop} lines, found {first_line}")
-    return labels
-
-
-def oracle_auc(synth_dir: str | Path, day: int, start: int = 0, stop: int | None = None) -> float:
-    """AUC of the true click probabilities against the drawn labels: the best a model can score there.
-
-    Args:
-        synth_dir: a directory written by `generate` (holds `synth.json`).
-        day: which day file.
-        start: first line (0-based) of the range.
-        stop: one past the last line; None means the end of the day.
-
-    Returns:
-        The exact AUC over lines [start, stop) of `day`.
-    """
-    synth_dir = Path(synth_dir)
-    metadata = json.loads((synth_dir / METADATA_FILE).read_text())
-    rows_per_day = metadata["rows_per_day"]
-    stop = rows_per_day if stop is None else stop
-    if not 0 <= day < metadata["days"]:
-        raise ValueError(f"day: must be in [0, {metadata['days']}), got {day}")
-    if not 0 <= start < stop <= rows_per_day:
-        raise ValueError(f"start, stop: need 0 <= start < stop <= {rows_per_day}, got {start}, {stop}")
-    probabilities = np.load(synth_dir / metadata["probability_files"][day], mmap_mode="r")[start:stop]
-    labels = _read_labels(synth_dir / metadata["files"][day], start, stop)
-    return auc(probabilities, labels)
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:

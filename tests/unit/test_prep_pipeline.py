@@ -264,3 +264,12 @@ def test_output_does_not_depend_on_workers(criteo_sample, tmp_path):
             manifest.pop(key)
     assert first == second
     shutil.rmtree(one)
+
+
+def test_data_prep_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, data_prep.cli, data_prep.synth, data_prep.oracle; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
