@@ -1,0 +1,298 @@
+"""The training loop: restore -> step -> evaluate -> checkpoint -> log, on every rank alike.
+
+`Trainer` builds its components from the config slices (data, model + sharding, optimizers, monitor,
+checkpointer) and then runs. On CPU the step is a plain loop; on CUDA it is TorchRec's
+`TrainPipelineSparseDist`, which overlaps the next batch's copy and input all-to-all with this one's
+compute. Only rank 0 writes files and logs: the others get no-op writers chosen here, once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from tqdm import tqdm
+
+from data_prep.manifest import load_manifest
+from data_prep.schema import NUM_DENSE, NUM_SPARSE
+from dlrm_dist.checkpoint import Checkpointer, TrainerState
+from dlrm_dist.config import JobConfig, ModelConfig
+from dlrm_dist.data import Prefetcher, iter_train_batches, list_row_groups, train_steps_per_epoch
+from dlrm_dist.distributed import DistContext
+from dlrm_dist.evaluation import evaluate
+from dlrm_dist.models import build_model
+from dlrm_dist.models.train_module import CTRTrainModule
+from dlrm_dist.monitor import build_monitor
+from dlrm_dist.optim import build_lr_scheduler, build_optimizer
+from dlrm_dist.sharding import embedding_bytes_per_rank, plan_to_text, shard_model
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because the loss was NaN or infinite."""
+
+
+def table_sizes(manifest: dict[str, Any], model_cfg: ModelConfig, data_dir: str) -> list[int]:
+    """The embedding table sizes: the manifest's, checked against the config's cap."""
+    sizes = [int(size) for size in manifest["num_embeddings"]]
+    if len(sizes) != NUM_SPARSE or len(manifest["columns"]["dense"]) != NUM_DENSE:
+        raise ValueError(
+            f"{data_dir}/manifest.json: expected {NUM_SPARSE} tables and {NUM_DENSE} dense columns"
+        )
+    cap = model_cfg.max_table_rows
+    too_big = [(f"C{index + 1}", size) for index, size in enumerate(sizes) if cap and size > cap]
+    if too_big:
+        raise ValueError(
+            f"model.max_table_rows = {cap:,} but {data_dir}/manifest.json has larger tables "
+            f"({', '.join(f'{name}: {size:,}' for name, size in too_big)}); prepare the data with "
+            f"`dlrm-prep criteo --hash-buckets {cap}` or raise model.max_table_rows"
+        )
+    return sizes
+
+
+def _batch_size_per_rank(global_batch: int, world_size: int, name: str) -> int:
+    if global_batch % world_size:
+        raise ValueError(f"{name} = {global_batch} is not divisible by the world size {world_size}")
+    return global_batch // world_size
+
+
+class Trainer:
+    """Owns the components of one run and its loop.
+
+    Args:
+        cfg: the whole job config.
+        ctx: this rank's distributed context (the process group exists).
+    """
+
+    def __init__(self, cfg: JobConfig, ctx: DistContext) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.run_dir = Path(cfg.run_dir)
+        self.is_writer = ctx.rank == 0
+        self.log: Callable[[str], None] = (
+            (lambda message: tqdm.write(message)) if self.is_writer else (lambda _: None)
+        )
+        manifest = load_manifest(cfg.data.path)
+        self.groups = {
+            split: list_row_groups(cfg.data.path, manifest, split) for split in ("train", "val", "test")
+        }
+        self.batch_size = _batch_size_per_rank(cfg.training.batch_size, ctx.world_size, "training.batch_size")
+        self.eval_batch_size = _batch_size_per_rank(cfg.eval.batch_size, ctx.world_size, "eval.batch_size")
+        self.steps_per_epoch = train_steps_per_epoch(self.groups["train"], ctx.world_size, self.batch_size)
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"training.batch_size = {cfg.training.batch_size} is larger than the train split allows "
+                f"({sum(g.rows for g in self.groups['train'])} rows over {ctx.world_size} ranks)"
+            )
+        planned = cfg.training.epochs * self.steps_per_epoch
+        self.total_steps = min(planned, cfg.training.max_steps) if cfg.training.max_steps else planned
+
+        torch.manual_seed(cfg.training.seed)
+        model = CTRTrainModule(
+            build_model(cfg.model, table_sizes(manifest, cfg.model, cfg.data.path), dense_device=ctx.device)
+        )
+        self.model, self.plan = shard_model(model, cfg.sharding, cfg.optim, ctx, self.batch_size)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = build_lr_scheduler(self.optimizer, cfg.optim, self.total_steps)
+        self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint, ctx)
+        self.monitor = build_monitor(self.run_dir, cfg.metrics.tensorboard, self.is_writer)
+        self.pipeline = (
+            TrainPipelineSparseDist(self.model, self.optimizer, ctx.device)
+            if ctx.device.type == "cuda"
+            else None
+        )
+        self.data_wait_seconds = 0.0
+
+    def _write_run_files(self) -> None:
+        if not self.is_writer:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(self.cfg.to_json() + "\n")
+        plan_text = plan_to_text(self.plan)
+        (self.run_dir / "plan.txt").write_text(plan_text + "\n")
+        self.log(f"sharding plan ({self.ctx.world_size} ranks, {self.ctx.device.type}):\n{plan_text}")
+        self.monitor.text("config", self.cfg.to_json())
+        self.monitor.text("plan", plan_text)
+        for rank, size in enumerate(embedding_bytes_per_rank(self.model, self.ctx.world_size)):
+            self.monitor.scalar("memory/embedding_bytes", size, rank)
+            self.log(f"rank {rank}: {size / 2**20:,.1f} MiB of embedding weights")
+        if self.cfg.metrics.tensorboard:
+            self.log(f"TensorBoard: tensorboard --logdir {(self.run_dir / 'tb').resolve()}")
+
+    def _restore(self) -> TrainerState:
+        path = self.checkpointer.resume_path()
+        if path is None:
+            return TrainerState(
+                step=0, samples_seen=0, epoch=0, batches_into_epoch=0, world_size=self.ctx.world_size
+            )
+        state = self.checkpointer.load(path, self.model, self.optimizer, self.scheduler)
+        self.log(
+            f"resumed from {path} at step {state.step} (epoch {state.epoch}, batch {state.batches_into_epoch})"
+        )
+        return state
+
+    def _epoch_batches(self, epoch: int, skip: int) -> Prefetcher:
+        batches = iter_train_batches(
+            self.groups["train"], self.ctx.rank, self.ctx.world_size, self.batch_size,
+            self.cfg.training.seed, epoch, self.cfg.data.shuffle_buffer,
+        )  # fmt: skip
+        # Resuming replays the epoch's deterministic order up to the saved position without the model.
+        return Prefetcher(itertools.islice(batches, skip, None), self.cfg.data.prefetch_batches)
+
+    def _step(self, batches: Iterator, step: int) -> torch.Tensor:
+        """One optimizer step; returns the loss (a device tensor: reading it syncs, so only on log steps)."""
+        if self.pipeline is not None:
+            loss, _ = self.pipeline.progress(batches)
+            return loss
+        batch = next(batches).to(self.ctx.device)
+        loss, _ = self.model(batch)
+        # On CPU reading the loss costs no device sync, so check every step, before backward: the fused
+        # embedding optimizer updates the tables inside backward, so after it is already too late.
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"loss is {loss.item()} at step {step + 1}; stopping before its update")
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return loss
+
+    def _evaluate(self, split: str, max_rows: int = 0) -> dict[str, float]:
+        return evaluate(
+            self.model,
+            self.groups[split],
+            self.ctx,
+            self.eval_batch_size,
+            max_rows,
+            self.cfg.data.prefetch_batches,
+        )
+
+    def _log_eval(self, split: str, metrics: dict[str, float], step: int) -> None:
+        self.monitor.scalar(f"eval/{split}/auc", metrics["auc"], step)
+        self.monitor.scalar(f"eval/{split}/logloss", metrics["logloss"], step)
+        self.log(
+            f"step {step}: {split} AUC {metrics['auc']:.4f} logloss {metrics['logloss']:.4f} ({metrics['rows']:,} rows)"
+        )
+
+    def _checkpoint(self, state: TrainerState) -> None:
+        if self.cfg.checkpoint.enabled:
+            path = self.checkpointer.save(self.model, self.optimizer, self.scheduler, state)
+            self.log(f"step {state.step}: checkpoint {path}")
+
+    def run(self) -> dict[str, Any]:
+        """Trains to the configured end, evaluates val and test, writes metrics.json; returns the metrics."""
+        self._write_run_files()
+        state = self._restore()
+        step, samples_seen = state.step, state.samples_seen
+        global_batch = self.cfg.training.batch_size
+        eval_every, ckpt_every = self.cfg.eval.every_steps, self.cfg.checkpoint.every_steps
+        progress = tqdm(total=self.total_steps, initial=step, desc="train", unit="step",
+                        disable=not (self.is_writer and self.cfg.metrics.progress_bar), dynamic_ncols=True)  # fmt: skip
+        started, steps_at_start, reached_target = time.perf_counter(), step, False
+        position = state
+        self.model.train()
+        try:
+            for epoch in range(state.epoch, self.cfg.training.epochs):
+                skip = state.batches_into_epoch if epoch == state.epoch else 0
+                batches = self._epoch_batches(epoch, skip)
+                try:
+                    for batch_index in range(skip, self.steps_per_epoch):
+                        if step >= self.total_steps or reached_target:
+                            break
+                        loss = self._step(batches, step)
+                        self.scheduler.step()
+                        step += 1
+                        samples_seen += global_batch
+                        progress.update(1)
+                        if step % self.cfg.training.log_every_steps == 0 or step == self.total_steps:
+                            self._log_train(loss, step, samples_seen, started, steps_at_start, batches)
+                        position = TrainerState(
+                            step, samples_seen, epoch, batch_index + 1, self.ctx.world_size
+                        )
+                        if position.batches_into_epoch == self.steps_per_epoch:
+                            position = TrainerState(step, samples_seen, epoch + 1, 0, self.ctx.world_size)
+                        if eval_every and step % eval_every == 0 and step < self.total_steps:
+                            val = self._evaluate("val", self.cfg.eval.max_rows)
+                            self._log_eval("val", val, step)
+                            target = self.cfg.training.target_auc
+                            reached_target = bool(target) and val["auc"] >= target
+                            self.model.train()
+                        if ckpt_every and step % ckpt_every == 0:
+                            self._checkpoint(position)
+                finally:
+                    self.data_wait_seconds += batches.wait_seconds
+                    batches.close()
+                if step >= self.total_steps or reached_target:
+                    break
+            elapsed = time.perf_counter() - started
+            if step and step not in self.checkpointer.complete_steps():
+                self._checkpoint(position)
+            return self._finish(step, samples_seen, elapsed, steps_at_start, reached_target)
+        finally:
+            progress.close()
+            self.monitor.close()
+
+    def _log_train(
+        self,
+        loss: torch.Tensor,
+        step: int,
+        samples_seen: int,
+        started: float,
+        first_step: int,
+        batches: Prefetcher,
+    ) -> None:
+        # The one host sync of the loop, only on logging steps: reading the loss.
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(
+                f"loss is {loss_value} at step {step} (checked every {self.cfg.training.log_every_steps} steps)"
+            )
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        rate = (step - first_step) * self.cfg.training.batch_size / elapsed
+        self.monitor.scalar("train/loss", loss_value, step)
+        self.monitor.scalar("train/lr", self.scheduler.get_last_lr()[-1], step)
+        self.monitor.scalar("train/embedding_lr", self.scheduler.get_last_lr()[0], step)
+        self.monitor.scalar("perf/samples_per_sec", rate, step)
+        self.monitor.scalar(
+            "perf/data_wait_fraction", (self.data_wait_seconds + batches.wait_seconds) / elapsed, step
+        )
+        self.log(
+            f"step {step}/{self.total_steps}: loss {loss_value:.4f}, {rate:,.0f} samples/s, {samples_seen:,} samples"
+        )
+
+    def _finish(
+        self, step: int, samples_seen: int, elapsed: float, first_step: int, reached_target: bool
+    ) -> dict[str, Any]:
+        val = self._evaluate("val")
+        self._log_eval("val", val, step)
+        test = self._evaluate("test")
+        self._log_eval("test", test, step)
+        trained_samples = (step - first_step) * self.cfg.training.batch_size
+        metrics = {
+            "val": val,
+            "test": test,
+            "train": {
+                "steps": step,
+                "samples": samples_seen,
+                "samples_per_sec": trained_samples / elapsed if elapsed > 0 else 0.0,
+                "seconds": elapsed,
+                "data_wait_fraction": self.data_wait_seconds / elapsed if elapsed > 0 else 0.0,
+                "reached_target_auc": reached_target,
+            },
+            "world_size": self.ctx.world_size,
+        }
+        hparams = {
+            "model": self.cfg.model.name, "embedding_dim": self.cfg.model.embedding_dim,
+            "batch_size": self.cfg.training.batch_size, "lr": self.cfg.optim.lr,
+            "embedding_lr": self.cfg.optim.embedding_lr, "dense_optimizer": self.cfg.optim.dense_optimizer,
+            "embedding_optimizer": self.cfg.optim.embedding_optimizer, "world_size": self.ctx.world_size,
+        }  # fmt: skip
+        self.monitor.hparams(hparams, {"hparam/val_auc": val["auc"], "hparam/test_auc": test["auc"],
+                                       "hparam/test_logloss": test["logloss"]})  # fmt: skip
+        if self.is_writer:
+            (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        return metrics
