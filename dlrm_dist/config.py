@@ -87,8 +87,16 @@ class ShardingConfig:
     """Embedding compute kernel for every table (empty: the planner chooses; `fused` on CPU and GPU)."""
     tables: dict[str, str] = field(default_factory=dict)
     """Per-table sharding type, e.g. `{C3 = "row_wise"}`; overrides `types` for that table."""
+    min_column_shard_dim: int = 0
+    """Narrowest column_wise shard: shards are the smallest multiple of 4 >= this that divides D
+    (0: TorchRec's 128, so column_wise leaves tables with D <= 128 whole, as table_wise would)."""
 
     def __post_init__(self) -> None:
+        _require(
+            self.min_column_shard_dim >= 0,
+            "sharding.min_column_shard_dim",
+            f"must be >= 0, got {self.min_column_shard_dim}",
+        )
         for sharding_type in self.types:
             _require_choice(sharding_type, "sharding.types", SHARDING_TYPES)
         if self.compute_kernel:

@@ -1,0 +1,95 @@
+"""The "dlrm" family: TorchRec's own `DLRM` (arXiv:1906.00091) returning one logit per sample.
+
+Shapes used below:
+
+    B: batch size (per rank once sharded)
+    F: number of sparse features (26 for Criteo: C1..C26)
+    D: embedding dimension, the same for every table
+    dense_in_features: number of dense features (13 for Criteo: I1..I13)
+
+    dense_features [B, dense_in_features] -> DenseArch (bottom MLP)            -> [B, D]
+    sparse_features KJT (F keys)          -> SparseArch (EmbeddingBagCollection) -> [B, F, D]
+    InteractionArch: pairwise dot products of the F + 1 vectors               -> [B, D + F + F choose 2]
+    OverArch (top MLP, last layer 1)                                           -> [B, 1] -> logits [B]
+
+TorchRec's `DLRM` is used as is rather than rewritten; the only change is that `forward` squeezes the
+trailing logit dimension, so that every model family of the registry returns logits of shape [B].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchrec.models.dlrm import DLRM
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from dlrm_dist.config import ModelConfig
+
+
+class DLRMLogits(DLRM):
+    """TorchRec's `DLRM` whose output is the logit vector [B] instead of a [B, 1] column.
+
+    Example::
+
+        ebc = EmbeddingBagCollection(tables=[EmbeddingBagConfig(
+            name="C1", embedding_dim=8, num_embeddings=100, feature_names=["C1"])])
+        model = DLRMLogits(ebc, dense_in_features=13, dense_arch_layer_sizes=[16, 8],
+                           over_arch_layer_sizes=[8, 1])
+        logits = model(torch.rand(4, 13), KeyedJaggedTensor.from_lengths_sync(
+            keys=["C1"], values=torch.tensor([1, 2, 3, 4]), lengths=torch.tensor([1, 1, 1, 1])))
+        # logits.shape == (4,)
+    """
+
+    def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        """
+        Args:
+            dense_features: [B, dense_in_features] float32.
+            sparse_features: one key per table (C1..C26), B bags per key.
+
+        Returns:
+            logits [B].
+        """
+        return super().forward(dense_features, sparse_features).squeeze(-1)
+
+
+def build_dlrm(
+    model_cfg: ModelConfig,
+    embedding_bag_collection: EmbeddingBagCollection,
+    dense_in_features: int,
+    dense_device: torch.device,
+) -> nn.Module:
+    """Builds DLRM on top of the shared sparse backbone.
+
+    Args:
+        model_cfg: `bottom_mlp` (last size must be `embedding_dim`) and `top_mlp` (at least two layers,
+            ending in 1).
+        embedding_bag_collection: the 26 Criteo tables, usually on the meta device until sharded.
+        dense_in_features: number of dense features (13 for Criteo).
+        dense_device: where the MLPs are created.
+
+    Returns:
+        A `DLRMLogits` module: `(dense_features [B, 13], sparse_features KJT) -> logits [B]`.
+
+    Raises:
+        ValueError: naming `model.bottom_mlp` or `model.top_mlp` when the sizes cannot form a DLRM.
+    """
+    if model_cfg.bottom_mlp[-1] != model_cfg.embedding_dim:
+        raise ValueError(
+            f"model.bottom_mlp: for dlrm the last size must equal model.embedding_dim "
+            f"({model_cfg.embedding_dim}) so the dense vector can be dotted with the embeddings, "
+            f"got {model_cfg.bottom_mlp}"
+        )
+    # TorchRec's OverArch is an MLP followed by a final Linear, so it needs at least two sizes.
+    if len(model_cfg.top_mlp) < 2:
+        raise ValueError(
+            f"model.top_mlp: dlrm needs at least two layer sizes ending in 1 (e.g. [256, 1]), "
+            f"got {model_cfg.top_mlp}"
+        )
+    return DLRMLogits(
+        embedding_bag_collection=embedding_bag_collection,
+        dense_in_features=dense_in_features,
+        dense_arch_layer_sizes=list(model_cfg.bottom_mlp),
+        over_arch_layer_sizes=list(model_cfg.top_mlp),
+        dense_device=dense_device,
+    )

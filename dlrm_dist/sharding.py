@@ -1,0 +1,338 @@
+"""Sharding the embedding tables across ranks: fused optimizer, planner, DistributedModelParallel.
+
+This follows TorchRec's recipe, in order:
+
+1. attach the embedding optimizer to the table weights (`_apply_optimizer_in_backward`); TorchRec turns it
+   into an fbgemm fused optimizer that updates the tables inside backward, so no embedding gradient is
+   ever materialised;
+2. plan with `EmbeddingShardingPlanner` over the real topology (world size, hosts, HBM or DDR per rank),
+   with per-table `ParameterConstraints` from `[sharding]`; rank 0 plans and broadcasts the plan;
+3. wrap in `DistributedModelParallel`, which shards the tables, materialises them from the meta device and
+   wraps the dense rest in DDP.
+
+Tables sharded `data_parallel` are the exception to step 1: TorchRec replicates them with the dense kernel
+and DDP averages their gradients, so they are trained by the dense optimizer, not the fused one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torchrec.optim as trec_optim
+from torch import nn
+from torch.distributed.optim import _apply_optimizer_in_backward
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
+from torchrec.distributed.planner.types import HardwareConfig, KernelConfig, TopologyFactory, TrainerConfig
+from torchrec.distributed.types import ModuleSharder, ShardingPlan, ShardingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from dlrm_dist.config import SHARDING_TYPES, OptimConfig, ShardingConfig
+from dlrm_dist.distributed import DistContext
+
+
+@dataclass(frozen=True)
+class FusedOptimizerSpec:
+    """An embedding optimizer as TorchRec wants it: a class it maps to an fbgemm `EmbOptimType`.
+
+    Args:
+        optimizer_class: looked up in `torchrec.distributed.utils._OPTIMIZER_CLASS_TO_EMB_OPT_TYPE`.
+        takes_eps: whether `optim.eps` is passed on (Adagrad and Adam have an epsilon, SGD has not).
+        device_types: where fbgemm's table-batched embedding kernel implements it.
+    """
+
+    optimizer_class: type[torch.optim.Optimizer]
+    takes_eps: bool
+    device_types: tuple[str, ...] = ("cpu", "cuda")
+
+
+# TorchRec 1.8 maps these classes to fbgemm's EXACT_ROWWISE_ADAGRAD, EXACT_ADAGRAD, EXACT_SGD and ADAM.
+# Note that torch.optim.Adagrad means per-element EXACT_ADAGRAD; only torchrec's RowWiseAdagrad is rowwise.
+# fbgemm's CPU kernel has no ADAM ("Optimizer adam is not supported in CPU mode.").
+FUSED_OPTIMIZERS: dict[str, FusedOptimizerSpec] = {
+    "rowwise_adagrad": FusedOptimizerSpec(trec_optim.RowWiseAdagrad, takes_eps=True),
+    "adagrad": FusedOptimizerSpec(trec_optim.Adagrad, takes_eps=True),
+    "sgd": FusedOptimizerSpec(trec_optim.SGD, takes_eps=False),
+    "adam": FusedOptimizerSpec(trec_optim.Adam, takes_eps=True, device_types=("cuda",)),
+}
+
+
+class EmbeddingBagCollectionAllTypesSharder(EmbeddingBagCollectionSharder):
+    """TorchRec's EBC sharder that also offers row_wise and table_row_wise on CPU.
+
+    TorchRec 1.8 lists row_wise / table_row_wise only for cuda, although their gloo path (all-to-all plus
+    reduce-scatter) works on CPU; this makes all five sharding types plannable everywhere.
+    """
+
+    def sharding_types(self, compute_device_type: str) -> list[str]:
+        offered = super().sharding_types(compute_device_type)
+        return offered + [sharding_type for sharding_type in SHARDING_TYPES if sharding_type not in offered]
+
+
+def build_sharders() -> list[ModuleSharder[nn.Module]]:
+    """The sharders handed to both the planner and DistributedModelParallel (they must be the same)."""
+    return [EmbeddingBagCollectionAllTypesSharder()]
+
+
+def fused_optimizer_spec(optim_cfg: OptimConfig, device_type: str) -> FusedOptimizerSpec:
+    """The registry entry of `optim.embedding_optimizer`, checked against the device.
+
+    Args:
+        optim_cfg: the `[optim]` section.
+        device_type: "cpu" or "cuda".
+
+    Returns:
+        The `FusedOptimizerSpec`.
+
+    Raises:
+        ValueError: naming `optim.embedding_optimizer` when fbgemm cannot run it on this device.
+    """
+    spec = FUSED_OPTIMIZERS[optim_cfg.embedding_optimizer]
+    if device_type not in spec.device_types:
+        usable = [name for name, other in FUSED_OPTIMIZERS.items() if device_type in other.device_types]
+        raise ValueError(
+            f"optim.embedding_optimizer: {optim_cfg.embedding_optimizer!r} has no fused {device_type} kernel "
+            f"in fbgemm (runs on: {', '.join(spec.device_types)}); on {device_type} use one of "
+            f"{', '.join(usable)}"
+        )
+    return spec
+
+
+def apply_embedding_optimizer(module: nn.Module, optim_cfg: OptimConfig, device_type: str) -> None:
+    """Attaches `optim.embedding_optimizer` to every embedding table of `module`, to run in backward.
+
+    Must run before planning: the planner sizes optimizer state and picks the `fused` kernel from it.
+
+    Args:
+        module: the unsharded model (tables usually on the meta device).
+        optim_cfg: `embedding_optimizer`, `embedding_lr` and `eps`.
+        device_type: "cpu" or "cuda" (fbgemm's optimizers differ between them).
+
+    Raises:
+        ValueError: naming `optim.embedding_optimizer` when it cannot run on this device.
+    """
+    spec = fused_optimizer_spec(optim_cfg, device_type)
+    optimizer_kwargs: dict[str, float] = {"lr": optim_cfg.embedding_lr}
+    if spec.takes_eps:
+        optimizer_kwargs["eps"] = optim_cfg.eps
+    embedding_params = [
+        param
+        for submodule in module.modules()
+        if isinstance(submodule, EmbeddingBagCollection)
+        for param in submodule.parameters()
+    ]
+    # torch's own entry point; torchrec.optim.apply_optimizer_in_backward is a deprecated alias of it.
+    _apply_optimizer_in_backward(spec.optimizer_class, embedding_params, optimizer_kwargs)
+
+
+def _table_names(module: nn.Module) -> list[str]:
+    return [
+        config.name
+        for submodule in module.modules()
+        if isinstance(submodule, EmbeddingBagCollection)
+        for config in submodule.embedding_bag_configs()
+    ]
+
+
+def build_constraints(
+    sharding_cfg: ShardingConfig,
+    table_names: list[str],
+    sharder: EmbeddingBagCollectionSharder,
+    compute_device_type: str,
+) -> dict[str, ParameterConstraints]:
+    """Per-table planner constraints from `[sharding]`, checked against what the device can run.
+
+    Args:
+        sharding_cfg: `types` for all tables, `tables` per-table overrides, `compute_kernel`,
+            `min_column_shard_dim`.
+        table_names: every embedding table of the model.
+        sharder: the sharder whose sharding types and kernels are available.
+        compute_device_type: "cpu" or "cuda".
+
+    Returns:
+        `ParameterConstraints` keyed by table name.
+
+    Raises:
+        ValueError: naming `sharding.tables.<name>` for an unknown table, `sharding.types` for a type the
+            device cannot run, or `sharding.compute_kernel` for a kernel no allowed type can run with.
+    """
+    unknown_tables = sorted(set(sharding_cfg.tables) - set(table_names))
+    if unknown_tables:
+        raise ValueError(
+            f"sharding.tables.{unknown_tables[0]}: no such table (known: {', '.join(table_names)})"
+        )
+    offered_types = sharder.sharding_types(compute_device_type)
+    constraints: dict[str, ParameterConstraints] = {}
+    for table in table_names:
+        allowed_types = [sharding_cfg.tables[table]] if table in sharding_cfg.tables else sharding_cfg.types
+        # Left open, the planner chooses among the five types this project supports and tests, not
+        # TorchRec's extra ones (table_column_wise, grid_shard).
+        allowed_types = list(allowed_types) or [t for t in SHARDING_TYPES if t in offered_types]
+        for sharding_type in allowed_types:
+            if sharding_type not in offered_types:
+                raise ValueError(
+                    f"sharding.types: {sharding_type!r} cannot run on {compute_device_type} "
+                    f"(available: {', '.join(offered_types)})"
+                )
+        kernels = None
+        if sharding_cfg.compute_kernel:
+            # data_parallel has exactly one kernel, "dense"; allowing it keeps a global kernel choice
+            # (e.g. "fused") compatible with tables that the planner may replicate.
+            kernels = [sharding_cfg.compute_kernel, EmbeddingComputeKernel.DENSE.value]
+            runnable = {
+                kernel
+                for sharding_type in allowed_types
+                for kernel in sharder.compute_kernels(sharding_type, compute_device_type)
+            }
+            if sharding_cfg.compute_kernel not in runnable:
+                raise ValueError(
+                    f"sharding.compute_kernel: {sharding_cfg.compute_kernel!r} cannot run table {table} "
+                    f"sharded {', '.join(allowed_types)} on {compute_device_type} "
+                    f"(available: {', '.join(sorted(runnable))})"
+                )
+        constraints[table] = ParameterConstraints(
+            sharding_types=allowed_types,
+            compute_kernels=kernels,
+            min_partition=sharding_cfg.min_column_shard_dim or None,
+        )
+    return constraints
+
+
+def _host_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def build_planner(
+    ctx: DistContext,
+    batch_size_per_rank: int,
+    constraints: dict[str, ParameterConstraints],
+) -> EmbeddingShardingPlanner:
+    """An `EmbeddingShardingPlanner` over this job's topology.
+
+    Args:
+        ctx: world size, ranks per host and device of this job.
+        batch_size_per_rank: the per-rank batch the planner sizes communication for.
+        constraints: per-table constraints from `build_constraints`.
+
+    Returns:
+        The planner.
+    """
+    device_type = ctx.device.type
+    # Each rank's share of the host's DDR; on cuda the planner places tables in the GPU's HBM first.
+    hardware = HardwareConfig(
+        ddr_cap_bytes=_host_memory_bytes() // ctx.local_world_size,
+        hbm_cap_bytes=torch.cuda.get_device_properties(ctx.device).total_memory
+        if device_type == "cuda"
+        else None,
+    )
+    topology = TopologyFactory.create_topology(
+        trainer_config=TrainerConfig(world_size=ctx.world_size, local_world_size=ctx.local_world_size),
+        hardware_config=hardware,
+        kernel_config=KernelConfig(compute_device=device_type),
+    )
+    return EmbeddingShardingPlanner(
+        topology=topology, batch_size=batch_size_per_rank, constraints=constraints, debug=False
+    )
+
+
+def shard_model(
+    train_module: nn.Module,
+    sharding_cfg: ShardingConfig,
+    optim_cfg: OptimConfig,
+    ctx: DistContext,
+    batch_size_per_rank: int,
+) -> tuple[DistributedModelParallel, ShardingPlan]:
+    """Shards `train_module`'s embedding tables over all ranks and data-parallelises the rest.
+
+    Every rank must call this with the same module and config (it plans on rank 0 and broadcasts).
+
+    Args:
+        train_module: e.g. `CTRTrainModule(build_model(...))`, tables on the meta device.
+        sharding_cfg: the `[sharding]` section.
+        optim_cfg: the `[optim]` section (embedding optimizer, its lr and eps).
+        ctx: this rank's distributed context (the default process group must exist).
+        batch_size_per_rank: per-rank batch size, for the planner's cost model.
+
+    Returns:
+        `(model, plan)`: the `DistributedModelParallel` model (its `fused_optimizer` holds the embedding
+        optimizer state) and the plan every rank uses.
+    """
+    sharders = build_sharders()
+    apply_embedding_optimizer(train_module, optim_cfg, ctx.device.type)
+    constraints = build_constraints(sharding_cfg, _table_names(train_module), sharders[0], ctx.device.type)
+    planner = build_planner(ctx, batch_size_per_rank, constraints)
+    plan = planner.collective_plan(train_module, sharders, dist.GroupMember.WORLD)
+    model = DistributedModelParallel(module=train_module, device=ctx.device, plan=plan, sharders=sharders)
+    return model, plan
+
+
+def _shard_rows(
+    plan: ShardingPlan,
+) -> list[tuple[str, str, str, str, str, list[tuple[int, list[int], list[int]]]]]:
+    """(module, table, sharding type, kernel, ranks, [(rank, offsets, sizes)]) for every table of the plan."""
+    rows = []
+    for module_path, module_plan in plan.plan.items():
+        for table, sharding in module_plan.items():
+            shards = []
+            if sharding.sharding_spec is not None:
+                for shard in sharding.sharding_spec.shards:
+                    shards.append((shard.placement.rank(), shard.shard_offsets, shard.shard_sizes))
+            ranks = ",".join(str(rank) for rank in sharding.ranks or [])
+            rows.append((module_path, table, sharding.sharding_type, sharding.compute_kernel, ranks, shards))
+    return rows
+
+
+def plan_to_text(plan: ShardingPlan) -> str:
+    """A human-readable table of the plan (what plan.txt holds).
+
+    Args:
+        plan: the plan returned by `shard_model`.
+
+    Returns:
+        One line per table: module, table, sharding type, kernel, ranks, and each shard as
+        `r<rank>:<rows>x<cols>@<row offset>,<col offset>` (data_parallel: a full replica on every rank).
+    """
+    header = ("module", "table", "sharding", "kernel", "ranks", "shards (rank:rows x cols @ row,col)")
+    lines = [header]
+    for module_path, table, sharding_type, kernel, ranks, shards in _shard_rows(plan):
+        shard_text = " ".join(
+            f"r{rank}:{sizes[0]}x{sizes[1]}@{offsets[0]},{offsets[1]}" for rank, offsets, sizes in shards
+        )
+        if sharding_type == ShardingType.DATA_PARALLEL.value:
+            shard_text = "full replica on every rank"
+        lines.append((module_path, table, sharding_type, kernel, ranks or "all", shard_text))
+    widths = [max(len(line[column]) for line in lines) for column in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line[:-1], widths, strict=True)) + "  " + line[-1]
+        for line in lines
+    )
+
+
+def embedding_bytes_per_rank(model: DistributedModelParallel, world_size: int) -> list[int]:
+    """Bytes of embedding weights each rank holds under the model's plan (optimizer state not included).
+
+    No collective: every rank can compute the whole list from the plan.
+
+    Args:
+        model: the sharded model; its plan gives the shards, its tables the element size and the size
+            of data_parallel replicas.
+        world_size: number of ranks.
+
+    Returns:
+        A list indexed by rank.
+    """
+    bytes_per_rank = [0] * world_size
+    for module_path, table, sharding_type, _, _, shards in _shard_rows(model.plan):
+        weight = model.module.get_submodule(module_path).embedding_bags[table].weight
+        if sharding_type == ShardingType.DATA_PARALLEL.value:
+            for rank in range(world_size):
+                bytes_per_rank[rank] += weight.numel() * weight.element_size()
+            continue
+        for rank, _, sizes in shards:
+            bytes_per_rank[rank] += sizes[0] * sizes[1] * weight.element_size()
+    return bytes_per_rank

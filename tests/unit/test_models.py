@@ -1,0 +1,118 @@
+"""The model registry and the "dlrm" family: output shape, fx tracing, the train module, config errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torchrec.fx
+from torchrec.datasets.utils import Batch
+from torchrec.modules.embedding_configs import PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from data_prep.schema import NUM_DENSE, SPARSE_COLUMNS
+from dlrm_dist.config import ModelConfig
+from dlrm_dist.models import MODEL_REGISTRY, build_model
+from dlrm_dist.models.train_module import CTRTrainModule
+
+BATCH_SIZE = 5
+TABLE_ROWS = [20 + index for index in range(len(SPARSE_COLUMNS))]
+SMALL_DLRM = ModelConfig(embedding_dim=8, bottom_mlp=[16, 8], top_mlp=[16, 1])
+CPU = torch.device("cpu")
+
+
+def make_batch(seed: int = 0) -> Batch:
+    """A batch with 0..2 ids per bag (empty bags included)."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, 3, (len(SPARSE_COLUMNS), BATCH_SIZE), generator=generator)
+    values = torch.cat(
+        [
+            torch.randint(0, rows, (int(lengths[feature].sum()),), generator=generator)
+            for feature, rows in enumerate(TABLE_ROWS)
+        ]
+    )
+    return Batch(
+        dense_features=torch.rand(BATCH_SIZE, NUM_DENSE, generator=generator),
+        sparse_features=KeyedJaggedTensor.from_lengths_sync(
+            keys=list(SPARSE_COLUMNS), values=values, lengths=lengths.reshape(-1)
+        ),
+        labels=torch.randint(0, 2, (BATCH_SIZE,), generator=generator).float(),
+    )
+
+
+def test_registry_lists_dlrm() -> None:
+    assert "dlrm" in MODEL_REGISTRY
+
+
+def test_dlrm_returns_one_logit_per_sample() -> None:
+    model = build_model(SMALL_DLRM, TABLE_ROWS, sparse_device=CPU)
+    batch = make_batch()
+    logits = model(batch.dense_features, batch.sparse_features)
+    assert logits.shape == (BATCH_SIZE,)
+    assert logits.dtype == torch.float32
+
+
+def test_tables_are_the_criteo_columns_sum_pooled_on_meta_by_default() -> None:
+    model = build_model(SMALL_DLRM, TABLE_ROWS)
+    (collection,) = [module for module in model.modules() if isinstance(module, EmbeddingBagCollection)]
+    configs = collection.embedding_bag_configs()
+    assert [config.name for config in configs] == list(SPARSE_COLUMNS)
+    assert [config.feature_names for config in configs] == [[column] for column in SPARSE_COLUMNS]
+    assert [config.num_embeddings for config in configs] == TABLE_ROWS
+    assert {config.embedding_dim for config in configs} == {SMALL_DLRM.embedding_dim}
+    assert {config.pooling for config in configs} == {PoolingType.SUM}
+    assert all(param.is_meta for param in collection.parameters())
+    assert not any(param.is_meta for name, param in model.named_parameters() if "sparse_arch" not in name)
+
+
+def test_dlrm_traces_with_torchrec_fx_and_computes_the_same_logits() -> None:
+    model = build_model(SMALL_DLRM, TABLE_ROWS, sparse_device=CPU)
+    traced = torchrec.fx.symbolic_trace(model)
+    batch = make_batch()
+    torch.testing.assert_close(
+        traced(batch.dense_features, batch.sparse_features),
+        model(batch.dense_features, batch.sparse_features),
+    )
+
+
+def test_train_module_returns_mean_bce_and_detached_outputs() -> None:
+    model = build_model(SMALL_DLRM, TABLE_ROWS, sparse_device=CPU)
+    train_module = CTRTrainModule(model)
+    batch = make_batch()
+    loss, (loss_detached, logits, labels) = train_module(batch)
+    expected_logits = model(batch.dense_features, batch.sparse_features)
+    expected_loss = torch.nn.functional.binary_cross_entropy_with_logits(expected_logits, batch.labels)
+    torch.testing.assert_close(loss, expected_loss)
+    torch.testing.assert_close(logits, expected_logits.detach())
+    assert loss.requires_grad
+    assert not (loss_detached.requires_grad or logits.requires_grad)
+    assert torch.equal(labels, batch.labels)
+
+
+def test_train_module_traces_with_torchrec_fx() -> None:
+    train_module = CTRTrainModule(build_model(SMALL_DLRM, TABLE_ROWS, sparse_device=CPU))
+    traced = torchrec.fx.symbolic_trace(train_module)
+    batch = make_batch()
+    torch.testing.assert_close(traced(batch)[0], train_module(batch)[0])
+
+
+def test_unknown_model_name_fails_naming_the_field_and_the_known_names() -> None:
+    with pytest.raises(ValueError, match=r"model\.name: 'dlrm_v9' .*known: .*dlrm"):
+        build_model(dataclasses.replace(SMALL_DLRM, name="dlrm_v9"), TABLE_ROWS)
+
+
+def test_dlrm_bottom_mlp_must_end_in_embedding_dim() -> None:
+    with pytest.raises(ValueError, match=r"model\.bottom_mlp: .*embedding_dim \(8\).*\[16, 4\]"):
+        build_model(dataclasses.replace(SMALL_DLRM, bottom_mlp=[16, 4]), TABLE_ROWS)
+
+
+def test_dlrm_top_mlp_needs_a_hidden_layer() -> None:
+    with pytest.raises(ValueError, match=r"model\.top_mlp: .*\[1\]"):
+        build_model(dataclasses.replace(SMALL_DLRM, top_mlp=[1]), TABLE_ROWS)
+
+
+def test_one_table_size_per_sparse_column() -> None:
+    with pytest.raises(ValueError, match=r"num_embeddings: .*26.*got 3"):
+        build_model(SMALL_DLRM, [10, 10, 10])
