@@ -63,6 +63,15 @@ class ModelConfig:
     """Sizes of the over (top) MLP; the last one is the single logit, so it must be 1."""
     max_table_rows: int = 0
     """Cap on each table's rows (0: the manifest's sizes). Must not be below what the data needs."""
+    cross_layers: int = 3
+    """Cross layers of `dcn` (vector weights) and `dlrm_dcnv2` (low-rank matrices); 3 as in MLPerf DLRMv2."""
+    low_rank_dim: int = 512
+    """Rank r of each `dlrm_dcnv2` cross matrix W = U V^T (U, V: [(F + 1) D, r]); 512 as in MLPerf DLRMv2."""
+    cin_layers: list[int] = field(default_factory=lambda: [200, 200, 200])
+    """Feature maps H_k of each CIN layer of `xdeepfm`; 3 layers of 200 as in the xDeepFM paper on Criteo."""
+    deep_mlp: list[int] = field(default_factory=lambda: [400, 400, 400])
+    """Hidden sizes of the deep part of `wide_deep`, `deepfm`, `dcn` and `xdeepfm`; the last one feeds the
+    output layer. 400-400-400 as in the DeepFM paper."""
 
     def __post_init__(self) -> None:
         _require(self.embedding_dim >= 1, "model.embedding_dim", f"must be >= 1, got {self.embedding_dim}")
@@ -77,6 +86,18 @@ class ModelConfig:
             f"needs positive layer sizes ending in 1 (the logit), got {self.top_mlp}",
         )
         _require(self.max_table_rows >= 0, "model.max_table_rows", f"must be >= 0, got {self.max_table_rows}")
+        _require(self.cross_layers >= 1, "model.cross_layers", f"must be >= 1, got {self.cross_layers}")
+        _require(self.low_rank_dim >= 1, "model.low_rank_dim", f"must be >= 1, got {self.low_rank_dim}")
+        _require(
+            len(self.cin_layers) >= 1 and min(self.cin_layers) >= 1,
+            "model.cin_layers",
+            f"needs at least one positive number of feature maps, got {self.cin_layers}",
+        )
+        _require(
+            len(self.deep_mlp) >= 1 and min(self.deep_mlp) >= 1,
+            "model.deep_mlp",
+            f"needs at least one positive layer size, got {self.deep_mlp}",
+        )
 
 
 @dataclass(frozen=True)

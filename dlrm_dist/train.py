@@ -30,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     ctx = init_distributed(cfg.training.device)
     try:
         Trainer(cfg, ctx).run()
+    except ValueError as error:
+        # Config and data problems found after start-up (table sizes, batch size vs world size, a
+        # checkpoint of another world size): one line naming the field, not a traceback per rank.
+        print(f"dlrm-train: error (rank {ctx.rank}): {error}", file=sys.stderr)
+        return 2
     finally:
         destroy_distributed()
     return 0

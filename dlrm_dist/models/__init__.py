@@ -1,9 +1,20 @@
 """Model families for CTR prediction, all on one shared sparse backbone, chosen by `model.name`.
 
-Every family gets the same `EmbeddingBagCollection` (one table per Criteo categorical column C1..C26,
-sum pooling, width `model.embedding_dim`) so that sharding, fused optimizers and checkpoints are the same
-whatever sits on top. A family is a builder function in `MODEL_REGISTRY`; adding one (Wide&Deep, DeepFM,
-DCN, ...) means writing its module and one registry line.
+The families are the DLRM paper's model and the baselines it is compared with (see each module's
+docstring for the formula and shapes):
+
+    dlrm         DLRM: bottom MLP, pairwise dot products, top MLP (TorchRec's `DLRM`)           dlrm.py
+    dlrm_dcnv2   MLPerf DLRMv2: DLRM with a low-rank DCN-v2 cross network (TorchRec's `DLRM_DCN`) dcnv2.py
+    wide_deep    Wide & Deep: first-order term + deep MLP                                        wide_deep.py
+    deepfm       DeepFM: first-order term + factorization machine + deep MLP                     deepfm.py
+    dcn          Deep & Cross Network (v1): vector cross layers beside a deep MLP               dcn.py
+    xdeepfm      xDeepFM: first-order term + Compressed Interaction Network + deep MLP           xdeepfm.py
+
+Every family gets its `EmbeddingBagCollection`s from `EmbeddingTables` (one table per Criteo
+categorical column C1..C26, sum pooling; the families with a linear part add a second collection of
+first-order tables wide_C1..wide_C26), created on the meta device, so that sharding, fused optimizers
+and checkpoints are the same whatever sits on top. Shared sub-networks live in `components`. A family
+is a builder function in `MODEL_REGISTRY`; adding one means writing its module and one registry line.
 
 Every model's forward is `(dense_features [B, 13], sparse_features KeyedJaggedTensor) -> logits [B]`.
 """
@@ -14,59 +25,33 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from data_prep.schema import NUM_DENSE, SPARSE_COLUMNS
+from data_prep.schema import NUM_DENSE
 from dlrm_dist.config import ModelConfig
+from dlrm_dist.models.dcn import build_dcn
+from dlrm_dist.models.dcnv2 import build_dlrm_dcnv2
+from dlrm_dist.models.deepfm import build_deepfm
 from dlrm_dist.models.dlrm import build_dlrm
+from dlrm_dist.models.tables import EmbeddingTables, build_embedding_bag_collection
+from dlrm_dist.models.wide_deep import build_wide_deep
+from dlrm_dist.models.xdeepfm import build_xdeepfm
 
-# (model_cfg, embedding_bag_collection, dense_in_features, dense_device) -> model
-ModelBuilder = Callable[[ModelConfig, EmbeddingBagCollection, int, torch.device], nn.Module]
+__all__ = ["MODEL_REGISTRY", "EmbeddingTables", "build_embedding_bag_collection", "build_model"]
+
+# (model_cfg, embedding_tables, dense_in_features, dense_device) -> model
+ModelBuilder = Callable[[ModelConfig, EmbeddingTables, int, torch.device], nn.Module]
 
 MODEL_REGISTRY: dict[str, ModelBuilder] = {
     "dlrm": build_dlrm,
+    "dlrm_dcnv2": build_dlrm_dcnv2,
+    "wide_deep": build_wide_deep,
+    "deepfm": build_deepfm,
+    "dcn": build_dcn,
+    "xdeepfm": build_xdeepfm,
 }
 
 META_DEVICE = torch.device("meta")
 CPU_DEVICE = torch.device("cpu")
-
-
-def build_embedding_bag_collection(
-    embedding_dim: int, num_embeddings: Sequence[int], device: torch.device
-) -> EmbeddingBagCollection:
-    """The sparse backbone: table `C<i>` for feature `C<i>`, sum pooling, `embedding_dim` wide.
-
-    Args:
-        embedding_dim: width D of every table.
-        num_embeddings: rows of each table, in the order of `SPARSE_COLUMNS` (C1..C26).
-        device: "meta" when DistributedModelParallel will shard and materialise it; a real device for an
-            unsharded model.
-
-    Returns:
-        The `EmbeddingBagCollection`.
-
-    Raises:
-        ValueError: when `num_embeddings` does not give one positive size per sparse column.
-    """
-    if len(num_embeddings) != len(SPARSE_COLUMNS):
-        raise ValueError(
-            f"num_embeddings: expected one table size per sparse column ({len(SPARSE_COLUMNS)}: "
-            f"{SPARSE_COLUMNS[0]}..{SPARSE_COLUMNS[-1]}), got {len(num_embeddings)}"
-        )
-    if min(num_embeddings) < 1:
-        raise ValueError(f"num_embeddings: every table needs at least one row, got {list(num_embeddings)}")
-    tables = [
-        EmbeddingBagConfig(
-            name=column,
-            embedding_dim=embedding_dim,
-            num_embeddings=int(rows),
-            feature_names=[column],
-            pooling=PoolingType.SUM,
-        )
-        for column, rows in zip(SPARSE_COLUMNS, num_embeddings, strict=True)
-    ]
-    return EmbeddingBagCollection(tables=tables, device=device)
 
 
 def build_model(
@@ -90,7 +75,8 @@ def build_model(
         The model: `(dense_features [B, dense_in_features], sparse_features KJT) -> logits [B]`.
 
     Raises:
-        ValueError: naming `model.name` for an unknown family, or the offending field of `model_cfg`.
+        ValueError: naming `model.name` for an unknown family, `num_embeddings` for wrong table sizes,
+            or the offending field of `model_cfg`.
     """
     builder = MODEL_REGISTRY.get(model_cfg.name)
     if builder is None:
@@ -98,7 +84,5 @@ def build_model(
             f"model.name: {model_cfg.name!r} is not a known model family (known: "
             f"{', '.join(sorted(MODEL_REGISTRY))})"
         )
-    embedding_bag_collection = build_embedding_bag_collection(
-        model_cfg.embedding_dim, num_embeddings, sparse_device
-    )
-    return builder(model_cfg, embedding_bag_collection, dense_in_features, dense_device)
+    tables = EmbeddingTables(num_embeddings=tuple(int(rows) for rows in num_embeddings), device=sparse_device)
+    return builder(model_cfg, tables, dense_in_features, dense_device)

@@ -21,10 +21,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torchrec.models.dlrm import DLRM
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_dist.config import ModelConfig
+from dlrm_dist.models.tables import EmbeddingTables
 
 
 class DLRMLogits(DLRM):
@@ -53,18 +53,38 @@ class DLRMLogits(DLRM):
         return super().forward(dense_features, sparse_features).squeeze(-1)
 
 
+def check_dlrm_mlps(model_cfg: ModelConfig) -> None:
+    """Checks the MLP sizes of the DLRM-shaped families (`dlrm`, `dlrm_dcnv2`).
+
+    Raises:
+        ValueError: naming `model.bottom_mlp` or `model.top_mlp` when the sizes cannot form the model.
+    """
+    if model_cfg.bottom_mlp[-1] != model_cfg.embedding_dim:
+        raise ValueError(
+            f"model.bottom_mlp: for {model_cfg.name} the last size must equal model.embedding_dim "
+            f"({model_cfg.embedding_dim}) so the dense vector sits beside the embeddings, "
+            f"got {model_cfg.bottom_mlp}"
+        )
+    # TorchRec's OverArch is an MLP followed by a final Linear, so it needs at least two sizes.
+    if len(model_cfg.top_mlp) < 2:
+        raise ValueError(
+            f"model.top_mlp: {model_cfg.name} needs at least two layer sizes ending in 1 (e.g. [256, 1]), "
+            f"got {model_cfg.top_mlp}"
+        )
+
+
 def build_dlrm(
     model_cfg: ModelConfig,
-    embedding_bag_collection: EmbeddingBagCollection,
+    tables: EmbeddingTables,
     dense_in_features: int,
     dense_device: torch.device,
 ) -> nn.Module:
     """Builds DLRM on top of the shared sparse backbone.
 
     Args:
-        model_cfg: `bottom_mlp` (last size must be `embedding_dim`) and `top_mlp` (at least two layers,
-            ending in 1).
-        embedding_bag_collection: the 26 Criteo tables, usually on the meta device until sharded.
+        model_cfg: `embedding_dim`, `bottom_mlp` (last size must be `embedding_dim`) and `top_mlp` (at
+            least two layers, ending in 1).
+        tables: the 26 Criteo tables' sizes and device (usually meta until sharded).
         dense_in_features: number of dense features (13 for Criteo).
         dense_device: where the MLPs are created.
 
@@ -74,20 +94,9 @@ def build_dlrm(
     Raises:
         ValueError: naming `model.bottom_mlp` or `model.top_mlp` when the sizes cannot form a DLRM.
     """
-    if model_cfg.bottom_mlp[-1] != model_cfg.embedding_dim:
-        raise ValueError(
-            f"model.bottom_mlp: for dlrm the last size must equal model.embedding_dim "
-            f"({model_cfg.embedding_dim}) so the dense vector can be dotted with the embeddings, "
-            f"got {model_cfg.bottom_mlp}"
-        )
-    # TorchRec's OverArch is an MLP followed by a final Linear, so it needs at least two sizes.
-    if len(model_cfg.top_mlp) < 2:
-        raise ValueError(
-            f"model.top_mlp: dlrm needs at least two layer sizes ending in 1 (e.g. [256, 1]), "
-            f"got {model_cfg.top_mlp}"
-        )
+    check_dlrm_mlps(model_cfg)
     return DLRMLogits(
-        embedding_bag_collection=embedding_bag_collection,
+        embedding_bag_collection=tables.field_collection(model_cfg.embedding_dim),
         dense_in_features=dense_in_features,
         dense_arch_layer_sizes=list(model_cfg.bottom_mlp),
         over_arch_layer_sizes=list(model_cfg.top_mlp),

@@ -1,0 +1,116 @@
+"""The embedding tables every model family is built on: one `EmbeddingBagCollection` per kind of table.
+
+Two kinds exist, both one table per Criteo categorical column C1..C26, sum-pooled, fed by the same
+`sparse_features` keys:
+
+    field tables         "C1".."C26"             D wide   the field embeddings e_f of every family
+    first-order tables   "wide_C1".."wide_C26"   4 wide   the first-order weights w_f(v) of the families
+                                                          with a linear part (wide_deep, deepfm, xdeepfm)
+
+Both are created here, usually on the meta device, so that the planner and `DistributedModelParallel`
+find, shard and materialise every table of every family alike. Table names are unique across
+collections because the planner's per-table constraints (`[sharding] tables`) are keyed by name.
+
+A first-order weight is a scalar per id, but fbgemm's table-batched kernels (the `fused` kernel behind
+every sharding type other than data_parallel) only take rows whose width is a multiple of 4. So each
+first-order table is 4 wide and the weight of id v is the sum of its row, w_f(v) = sum_c W_f[v, c]: a
+scalar per id, sharded like any other table, at 4 floats per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from data_prep.schema import SPARSE_COLUMNS
+
+FIRST_ORDER_TABLE_PREFIX = "wide_"
+# fbgemm's narrowest row (split_table_batched_embeddings_ops_training asserts dim % 4 == 0).
+FIRST_ORDER_TABLE_DIM = 4
+
+
+def check_num_embeddings(num_embeddings: Sequence[int]) -> None:
+    """Fails unless `num_embeddings` gives one positive table size per sparse column.
+
+    Raises:
+        ValueError: naming `num_embeddings`.
+    """
+    if len(num_embeddings) != len(SPARSE_COLUMNS):
+        raise ValueError(
+            f"num_embeddings: expected one table size per sparse column ({len(SPARSE_COLUMNS)}: "
+            f"{SPARSE_COLUMNS[0]}..{SPARSE_COLUMNS[-1]}), got {len(num_embeddings)}"
+        )
+    if min(num_embeddings) < 1:
+        raise ValueError(f"num_embeddings: every table needs at least one row, got {list(num_embeddings)}")
+
+
+def build_embedding_bag_collection(
+    embedding_dim: int,
+    num_embeddings: Sequence[int],
+    device: torch.device,
+    name_prefix: str = "",
+) -> EmbeddingBagCollection:
+    """Table `<name_prefix>C<i>` for feature `C<i>`, sum pooling, `embedding_dim` wide.
+
+    Args:
+        embedding_dim: width of every table.
+        num_embeddings: rows of each table, in the order of `SPARSE_COLUMNS` (C1..C26).
+        device: "meta" when DistributedModelParallel will shard and materialise it; a real device for an
+            unsharded model.
+        name_prefix: prepended to each table's name (not to its feature), so that several collections
+            over the same features have distinct table names.
+
+    Returns:
+        The `EmbeddingBagCollection`.
+
+    Raises:
+        ValueError: when `num_embeddings` does not give one positive size per sparse column.
+    """
+    check_num_embeddings(num_embeddings)
+    tables = [
+        EmbeddingBagConfig(
+            name=f"{name_prefix}{column}",
+            embedding_dim=embedding_dim,
+            num_embeddings=int(rows),
+            feature_names=[column],
+            pooling=PoolingType.SUM,
+        )
+        for column, rows in zip(SPARSE_COLUMNS, num_embeddings, strict=True)
+    ]
+    return EmbeddingBagCollection(tables=tables, device=device)
+
+
+@dataclass(frozen=True)
+class EmbeddingTables:
+    """Sizes and device of the Criteo tables; the one way model builders get an `EmbeddingBagCollection`.
+
+    Args:
+        num_embeddings: rows of each table C1..C26 (checked on construction).
+        device: where the tables are created ("meta" until DistributedModelParallel shards them).
+
+    Example::
+
+        tables = EmbeddingTables(num_embeddings=(100,) * 26, device=torch.device("meta"))
+        fields = tables.field_collection(embedding_dim=16)   # tables C1..C26, 16 wide
+        first_order = tables.first_order_collection()        # tables wide_C1..wide_C26, 4 wide
+    """
+
+    num_embeddings: tuple[int, ...]
+    device: torch.device
+
+    def __post_init__(self) -> None:
+        check_num_embeddings(self.num_embeddings)
+
+    def field_collection(self, embedding_dim: int) -> EmbeddingBagCollection:
+        """Tables C1..C26, `embedding_dim` wide: pooled into the field embeddings [B, F, D]."""
+        return build_embedding_bag_collection(embedding_dim, self.num_embeddings, self.device)
+
+    def first_order_collection(self) -> EmbeddingBagCollection:
+        """Tables wide_C1..wide_C26, `FIRST_ORDER_TABLE_DIM` wide: each row sums to a first-order weight."""
+        return build_embedding_bag_collection(
+            FIRST_ORDER_TABLE_DIM, self.num_embeddings, self.device, name_prefix=FIRST_ORDER_TABLE_PREFIX
+        )

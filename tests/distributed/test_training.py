@@ -1,0 +1,209 @@
+"""The trainer on 2 gloo ranks: exact distributed metrics, checkpoint round trip, exact resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+from data_prep.manifest import load_manifest
+from data_prep.oracle import auc
+from data_prep.schema import DENSE_COLUMNS
+from tests.distributed.harness import run_ranks
+
+pytestmark = pytest.mark.distributed
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WEIGHTS = torch.linspace(-1.0, 1.0, len(DENSE_COLUMNS))
+
+
+class LinearScorer(torch.nn.Module):
+    """A fixed scoring function with the train module's output shape, to test evaluation alone."""
+
+    def forward(self, batch):
+        logits = (
+            batch.dense_features @ WEIGHTS + batch.sparse_features.values().reshape(26, -1)[0].float() * 1e-3
+        )
+        return torch.zeros(()), (torch.zeros(()), logits, batch.labels)
+
+
+def _eval_worker(rank: int, world_size: int, data_dir: str, out: str) -> None:
+    from dlrm_dist.data import list_row_groups
+    from dlrm_dist.distributed import destroy_distributed, init_distributed
+    from dlrm_dist.evaluation import evaluate
+
+    ctx = init_distributed("cpu")
+    try:
+        groups = list_row_groups(data_dir, load_manifest(data_dir), "val")
+        metrics = evaluate(LinearScorer(), groups, ctx, batch_size=128)
+        if rank == 0:
+            Path(out).write_text(json.dumps(metrics))
+    finally:
+        destroy_distributed()
+
+
+def test_distributed_auc_and_logloss_equal_a_single_process_computation(prepared_sample, tmp_path):
+    out = tmp_path / "metrics.json"
+    run_ranks(_eval_worker, world_size=2, data_dir=str(prepared_sample), out=str(out))
+    got = json.loads(out.read_text())
+    manifest = load_manifest(prepared_sample)
+    (val_file,) = manifest["splits"]["val"]["files"]
+    table = pq.read_table(prepared_sample / val_file["path"])
+    dense = np.stack([table.column(c).to_numpy() for c in DENSE_COLUMNS], 1)
+    logits = dense @ WEIGHTS.numpy().astype(np.float64) + table.column("C1").to_numpy() * 1e-3
+    labels = table.column("label").to_numpy().astype(np.float64)
+    logloss = np.mean(np.logaddexp(0, logits) - labels * logits)
+    assert got["rows"] == 571 == len(labels)
+    assert got["auc"] == pytest.approx(auc(logits, labels), abs=1e-6)
+    assert got["logloss"] == pytest.approx(logloss, abs=1e-5)
+
+
+def _config(data_dir: str, run_dir: str, *overrides: str):
+    from dlrm_dist.config import load_config
+
+    base = [
+        "--training.batch_size=256",
+        "--eval.batch_size=512",
+        "--metrics.progress_bar=false",
+        "--training.device=cpu",
+    ]
+    return load_config(
+        REPO_ROOT / "configs/tiny.toml", [*base, *overrides], {"data": {"path": data_dir}, "run_dir": run_dir}
+    )
+
+
+def _local_tensors(state: dict) -> dict[str, torch.Tensor]:
+    flat = {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in _local_tensors(value).items()})
+        elif hasattr(value, "local_shards"):
+            flat.update({f"{key}[{i}]": s.tensor.clone() for i, s in enumerate(value.local_shards())})
+        elif hasattr(value, "to_local"):
+            flat[key] = value.to_local().clone()
+        elif isinstance(value, torch.Tensor):
+            flat[key] = value.clone()
+    return flat
+
+
+def _round_trip_worker(rank: int, world_size: int, data_dir: str, run_dir: str) -> None:
+    from dlrm_dist.distributed import destroy_distributed, init_distributed
+    from dlrm_dist.trainer import Trainer
+
+    ctx = init_distributed("cpu")
+    try:
+        trained = Trainer(
+            _config(data_dir, run_dir, "--training.max_steps=6", "--checkpoint.every_steps=0"), ctx
+        )
+        trained.run()
+        expected_model = _local_tensors(trained.model.state_dict())
+        expected_optim = _local_tensors(trained.optimizer.state_dict())
+        # A fresh trainer with another seed starts from other weights, then loads the checkpoint.
+        fresh = Trainer(
+            _config(
+                data_dir, run_dir, "--training.seed=99", f"--checkpoint.resume={run_dir}/checkpoints/step-6"
+            ),
+            ctx,
+        )
+        before = _local_tensors(fresh.model.state_dict())
+        assert any(not torch.equal(before[k], expected_model[k]) for k in expected_model), (
+            "seeds should differ"
+        )
+        state = fresh._restore()
+        assert (state.step, state.samples_seen, state.world_size) == (6, 6 * 256, world_size)
+        for name, tensors in (
+            ("model", _local_tensors(fresh.model.state_dict())),
+            ("optim", _local_tensors(fresh.optimizer.state_dict())),
+        ):
+            expected = expected_model if name == "model" else expected_optim
+            assert tensors.keys() == expected.keys(), name
+            for key in expected:
+                assert torch.equal(tensors[key], expected[key]), f"{name} {key} differs after reload"
+    finally:
+        destroy_distributed()
+
+
+def test_checkpoint_round_trip_restores_identical_values(prepared_sample, tmp_path):
+    run_ranks(
+        _round_trip_worker,
+        world_size=2,
+        timeout_s=180,
+        data_dir=str(prepared_sample),
+        run_dir=str(tmp_path / "run"),
+    )
+
+
+def _torchrun(data_dir: Path, run_dir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            str(REPO_ROOT / "dlrm_dist/train.py"), "--config", str(REPO_ROOT / "configs/tiny.toml"),
+            "--data", str(data_dir), "--run-dir", str(run_dir), "--training.batch_size=256",
+            "--eval.every_steps=0", "--metrics.progress_bar=false", "--checkpoint.every_steps=8",
+            "--checkpoint.keep=5", "--training.device=cpu", *overrides]  # fmt: skip
+
+
+def _checkpoint_tensors(step_dir: Path, out: Path) -> dict[str, torch.Tensor]:
+    dcp_to_torch_save(step_dir, out)
+    return _local_tensors(torch.load(out, weights_only=False))
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_equals_the_uninterrupted_run(prepared_sample, tmp_path):
+    steps = "--training.max_steps=24"
+    reference = tmp_path / "reference"
+    subprocess.run(_torchrun(prepared_sample, reference, steps), check=True, capture_output=True)
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(_torchrun(prepared_sample, interrupted, steps), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (interrupted / "checkpoints" / "step-8").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "run ended before the kill"
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (interrupted / "metrics.json").exists()
+    # Whatever the kill left half-written must not count: only complete step dirs are resumed from.
+    shutil.rmtree(interrupted / "tb", ignore_errors=True)
+    resumed = subprocess.run(
+        _torchrun(prepared_sample, interrupted, steps, "--checkpoint.resume=auto"),
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout + resumed.stderr
+
+    got, expected = (json.loads((d / "metrics.json").read_text()) for d in (interrupted, reference))
+    for metrics in (got, expected):
+        for key in ("seconds", "samples_per_sec", "data_wait_fraction"):
+            metrics["train"].pop(key)
+    assert got == expected
+    final_got = _checkpoint_tensors(interrupted / "checkpoints/step-24", tmp_path / "a.pt")
+    final_expected = _checkpoint_tensors(reference / "checkpoints/step-24", tmp_path / "b.pt")
+    assert final_got.keys() == final_expected.keys() and len(final_got) > 50
+    for key, tensor in final_expected.items():
+        assert torch.equal(final_got[key], tensor), key
+
+
+def test_resume_with_another_world_size_stops_before_training(prepared_sample, tmp_path):
+    run_dir = tmp_path / "run"
+    subprocess.run(
+        _torchrun(prepared_sample, run_dir, "--training.max_steps=8"), check=True, capture_output=True
+    )
+    single = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "dlrm_dist/train.py"), "--config", str(REPO_ROOT / "configs/tiny.toml"),
+         "--data", str(prepared_sample), "--run-dir", str(run_dir), "--training.batch_size=256",
+         "--checkpoint.resume=auto", "--metrics.progress_bar=false"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert single.returncode != 0
+    assert "written by 2 ranks, this run has 1" in single.stderr
