@@ -98,3 +98,22 @@ def oracle_auc(synth_dir: str | Path, day: int, start: int = 0, stop: int | None
     probabilities = np.load(synth_dir / metadata["probability_files"][day], mmap_mode="r")[start:stop]
     labels = _read_labels(synth_dir / metadata["files"][day], start, stop)
     return auc(probabilities, labels)
+
+
+def oracle_split_aucs(synth_dir: str | Path) -> dict[str, float]:
+    """Oracle AUC of the val and test splits that `dlrm-prep criteo --layout terabyte` makes of synthetic days.
+
+    The last day is the eval day: its first half (by line) is val, its second half test.
+
+    Args:
+        synth_dir: a directory written by `generate`.
+
+    Returns:
+        `{"val": auc, "test": auc}`.
+    """
+    metadata = json.loads((Path(synth_dir) / METADATA_FILE).read_text())
+    last_day, half = metadata["days"] - 1, metadata["rows_per_day"] // 2
+    return {
+        "val": oracle_auc(synth_dir, day=last_day, stop=half),
+        "test": oracle_auc(synth_dir, day=last_day, start=half),
+    }

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from data_prep.oracle import oracle_auc
+from data_prep.oracle import oracle_split_aucs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,11 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    half = args.rows_per_day // 2
-    oracle = {
-        "val": oracle_auc(synth_dir, day=4, start=0, stop=half),
-        "test": oracle_auc(synth_dir, day=4, start=half),
-    }
+    oracle = oracle_split_aucs(synth_dir)
     print()
     print(f"{'split':<6}{'model AUC':>11}{'oracle AUC':>12}{'logloss':>9}{'rows':>10}")
     for split in ("val", "test"):
