@@ -122,6 +122,11 @@ def time_breakdown(prepared: Path, work: Path, steps: int) -> dict[str, float]:
                 optimizer.zero_grad()
         batches.close()
         averages = profiler.key_averages()
+        top_ops = sorted(averages, key=lambda event: event.self_cpu_time_total, reverse=True)[:8]
+        print("top ops by self CPU time (forward + backward):")
+        for event in top_ops:
+            kind = "embedding" if _is_embedding_op(event.key) else "other"
+            print(f"  {event.key[:60]:<60}{event.self_cpu_time_total / 1e3:>10.1f} ms  {kind}")
         embedding_self = sum(event.self_cpu_time_total for event in averages if _is_embedding_op(event.key))
         embedding_share = embedding_self / max(1e-9, sum(event.self_cpu_time_total for event in averages))
         forward_backward = phases.pop("forward + backward")
