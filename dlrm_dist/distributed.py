@@ -11,8 +11,10 @@ CPU ranks use gloo.
 from __future__ import annotations
 
 import os
+import resource
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -132,3 +134,22 @@ def destroy_distributed() -> None:
     """Tears down the default process group (and with it every subgroup); a no-op when there is none."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def peak_memory_by_rank(ctx: DistContext) -> dict[str, Any]:
+    """Every rank's peak memory so far, gathered on all ranks (a collective: every rank must call it).
+
+    On cuda the peak is torch's peak of allocated device memory; on cpu the process's peak resident set
+    (`ru_maxrss`), which is what a CPU rank's embedding shards, activations and optimizer state cost.
+
+    Returns:
+        `{"kind": "cuda_allocated" | "cpu_rss", "peak_bytes_per_rank": [...], "peak_bytes_max_rank": int}`.
+    """
+    if ctx.device.type == "cuda":
+        kind, peak = "cuda_allocated", torch.cuda.max_memory_allocated(ctx.device)
+    else:
+        # Linux reports ru_maxrss in KiB.
+        kind, peak = "cpu_rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    per_rank: list[int] = [0] * ctx.world_size
+    dist.all_gather_object(per_rank, int(peak))
+    return {"kind": kind, "peak_bytes_per_rank": per_rank, "peak_bytes_max_rank": max(per_rank)}

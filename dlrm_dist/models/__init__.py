@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from data_prep.schema import NUM_DENSE
 from dlrm_dist.config import ModelConfig
@@ -36,7 +37,13 @@ from dlrm_dist.models.tables import EmbeddingTables, build_embedding_bag_collect
 from dlrm_dist.models.wide_deep import build_wide_deep
 from dlrm_dist.models.xdeepfm import build_xdeepfm
 
-__all__ = ["MODEL_REGISTRY", "EmbeddingTables", "build_embedding_bag_collection", "build_model"]
+__all__ = [
+    "MODEL_REGISTRY",
+    "EmbeddingTables",
+    "build_embedding_bag_collection",
+    "build_model",
+    "parameter_counts",
+]
 
 # (model_cfg, embedding_tables, dense_in_features, dense_device) -> model
 ModelBuilder = Callable[[ModelConfig, EmbeddingTables, int, torch.device], nn.Module]
@@ -86,3 +93,17 @@ def build_model(
         )
     tables = EmbeddingTables(num_embeddings=tuple(int(rows) for rows in num_embeddings), device=sparse_device)
     return builder(model_cfg, tables, dense_in_features, dense_device)
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """`(dense, sparse)` parameter counts of an unsharded model (meta-device tables count too).
+
+    Sparse parameters are the rows of every `EmbeddingBagCollection`; dense ones are all the others.
+    """
+    sparse = sum(
+        param.numel()
+        for module in model.modules()
+        if isinstance(module, EmbeddingBagCollection)
+        for param in module.parameters()
+    )
+    return sum(param.numel() for param in model.parameters()) - sparse, sparse
