@@ -65,6 +65,12 @@ def _add_criteo_arguments(parser: argparse.ArgumentParser) -> None:
         help="log1p (default): missing/negative -> 0, then log(1+x); none: missing -> 0, raw value",
     )
     parser.add_argument(
+        "--multi-hot",
+        action="store_true",
+        help="categorical fields are bags of comma-separated hex values (e.g. 0a1b2c3d,00ff12aa; empty: "
+        "an empty bag), written as list<int32> columns; without it a comma makes a bad row",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=os.cpu_count() or 1,
@@ -149,6 +155,7 @@ def options_from_args(args: argparse.Namespace) -> PrepOptions:
         on_bad_row=args.on_bad_row,
         vocab_memory_bytes=_positive(args.vocab_memory_mb, "--vocab-memory-mb") << 20,
         progress=not args.no_progress,
+        multi_hot=args.multi_hot,
     )
 
 

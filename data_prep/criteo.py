@@ -11,6 +11,10 @@ point and started again with the same arguments skips what is done and ends with
 Shards depend only on the row order and the options, never on `--workers` or on how the work was
 interleaved. The options that decide the output are fingerprinted; a different set on an existing
 output directory is refused instead of mixing two runs.
+
+With `--multi-hot` each categorical field is a comma-separated bag (see `data_prep.parse`), the shards
+hold `list<int32>` columns, and the manifest records the mean and max bag length of each column over
+the train split (from per-shard statistics kept in `.work/bags/`, so a resumed run still has them).
 """
 
 from __future__ import annotations
@@ -60,10 +64,14 @@ class PrepOptions:
     on_bad_row: str = "skip"
     vocab_memory_bytes: int = 256 << 20
     progress: bool = True
+    multi_hot: bool = False
 
     def fingerprint(self, input_files: list[InputFile]) -> dict[str, Any]:
         """The options the output depends on (not workers, progress or memory budgets)."""
+        # `multi_hot` only appears when set, so that one-hot outputs written before it existed still
+        # resume with the same fingerprint.
         return {
+            **({"multi_hot": True} if self.multi_hot else {}),
             "layout": self.layout,
             "encoding": self.encoding_spec(),
             "dense_transform": self.dense_transform,
@@ -149,8 +157,9 @@ def _prepare_output(options: PrepOptions, fingerprint: dict[str, Any]) -> Path |
         if path.exists():
             previous = json.loads(path.read_text()).get("fingerprint")
             if previous != fingerprint:
+                keys = set(fingerprint) | set(previous or {})
                 changed = sorted(
-                    key for key in fingerprint if previous is None or previous.get(key) != fingerprint[key]
+                    key for key in keys if previous is None or previous.get(key) != fingerprint.get(key)
                 )
                 raise PrepError(
                     f"{out} holds the output of a run with other arguments (differs in: {', '.join(changed)}); "
@@ -188,6 +197,7 @@ def _parse_phase(options: PrepOptions, input_files: list[InputFile], work: Path,
         "chunk_bytes": options.chunk_bytes,
         "chunk_dir": str(chunk_dir),
         "dense_transform": options.dense_transform,
+        "multi_hot": options.multi_hot,
         "on_bad_row": options.on_bad_row,
     }
     stats = {"rows": 0, "lines": 0}
@@ -309,11 +319,28 @@ def _vocab_phase(options: PrepOptions, plan: dict, work: Path, out: Path, runner
     return vocab_paths
 
 
+def _bag_stats_path(work: Path, split: str, index: int) -> Path | None:
+    """Where a train shard's bag lengths go (multi-hot); val and test are not measured."""
+    return work / "bags" / f"{split}-part-{index:05d}.json" if split == "train" else None
+
+
+def _bag_lengths(work: Path, num_train_shards: int) -> dict[str, list[float]]:
+    """Mean and max bag length of each categorical column over the train split, from the shards' stats."""
+    rows, sums, maxima = 0, np.zeros(NUM_SPARSE, np.int64), np.zeros(NUM_SPARSE, np.int64)
+    for index in range(num_train_shards):
+        stats = json.loads(_bag_stats_path(work, "train", index).read_text())
+        rows += stats["rows"]
+        sums += stats["sum"]
+        maxima = np.maximum(maxima, stats["max"])
+    return {"mean": [round(float(s) / max(rows, 1), 4) for s in sums], "max": maxima.tolist()}
+
+
 def _write_phase(
-    options: PrepOptions, plan: dict, out: Path, vocab_paths: list[str] | None, runner: _Runner
+    options: PrepOptions, plan: dict, out: Path, work: Path, vocab_paths: list[str] | None, runner: _Runner
 ) -> dict:
     splits: dict[str, dict[str, Any]] = {}
     calls = []
+    (work / "bags").mkdir(exist_ok=True)
     for split in SPLITS:
         (out / split).mkdir(exist_ok=True)
         shards = _shard_ranges(plan["pieces"][split], options.rows_per_shard)
@@ -322,13 +349,21 @@ def _write_phase(
             relative = f"{split}/part-{index:05d}.parquet"
             files.append({"path": relative, "rows": sum(stop - start for _, start, stop in ranges)})
             if not (out / relative).exists():
-                calls.append({"pieces": ranges, "out_path": str(out / relative)})
+                stats_path = _bag_stats_path(work, split, index) if options.multi_hot else None
+                calls.append(
+                    {
+                        "pieces": ranges,
+                        "out_path": str(out / relative),
+                        "bag_stats_path": str(stats_path) if stats_path else None,
+                    }
+                )
         splits[split] = {"rows": sum(f["rows"] for f in files), "files": files}
     common = {
         "encoding": options.encoding_spec(),
         "vocab_paths": vocab_paths,
         "row_group_rows": options.row_group_rows,
         "compression": options.compression,
+        "multi_hot": options.multi_hot,
     }
     total = sum(split["rows"] for split in splits.values())
     with _bar(options, "write", total, "rows") as bar:
@@ -361,7 +396,8 @@ def run(options: PrepOptions, arguments: dict[str, Any] | None = None) -> dict[s
         _parse_phase(options, input_files, work, runner)
         plan = _plan(options, input_files, work)
         vocab_paths = _vocab_phase(options, plan, work, out, runner) if options.encoding == "vocab" else None
-        splits = _write_phase(options, plan, out, vocab_paths, runner)
+        splits = _write_phase(options, plan, out, work, vocab_paths, runner)
+        bag_lengths = _bag_lengths(work, len(splits["train"]["files"])) if options.multi_hot else None
     finally:
         runner.close()
     num_embeddings = (
@@ -376,6 +412,7 @@ def run(options: PrepOptions, arguments: dict[str, Any] | None = None) -> dict[s
         encoding=options.encoding_spec(),
         vocab_files=[str(Path(p).relative_to(out)) for p in vocab_paths] if vocab_paths else None,
         num_embeddings=num_embeddings,
+        bag_lengths=bag_lengths,
         splits=splits,
         input_files=input_files,
         file_lines=plan["file_lines"],

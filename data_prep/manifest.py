@@ -2,6 +2,12 @@
 
 The trainer reads the table sizes (`num_embeddings`), the split files and the schema from here and
 nothing else, so a change in what this file says is a `SCHEMA_VERSION` bump.
+
+Version 2 added multi-hot data: `"multi_hot": true`, `list<int32>` categorical columns, and
+`"bag_lengths": {"mean": [...], "max": [...]}` (per column C1..C26, measured on the train split: the
+planner's pooling factors). Only multi-hot manifests say version 2; one-hot ones still say 1 and read
+the same as before (`"multi_hot": false`), so a reader that predates multi-hot refuses list columns
+instead of misreading them, and still reads new one-hot data.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from typing import Any
 from data_prep.inputs import InputFile
 from data_prep.schema import DENSE_COLUMNS, LABEL, SPARSE_COLUMNS, SPLITS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+ONE_HOT_SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = (ONE_HOT_SCHEMA_VERSION, SCHEMA_VERSION)
 TOOL_NAME = "dlrm-prep"
 
 
@@ -34,6 +42,7 @@ def build_manifest(
     encoding: dict[str, Any],
     vocab_files: list[str] | None,
     num_embeddings: list[int],
+    bag_lengths: dict[str, list[float]] | None,
     splits: dict[str, dict[str, Any]],
     input_files: list[InputFile],
     file_lines: list[int],
@@ -41,7 +50,11 @@ def build_manifest(
     bad_examples: list[dict[str, Any]],
     seconds: float,
 ) -> dict[str, Any]:
-    """Assembles the manifest; `rows_read == rows_written + bad_rows.total` holds by construction."""
+    """Assembles the manifest; `rows_read == rows_written + bad_rows.total` holds by construction.
+
+    `bag_lengths` (multi-hot data only, else None) holds the per-column "mean" and "max" bag length of
+    the train split; the other arguments are what `data_prep.criteo.run` measured and decided.
+    """
     rows_read = sum(file_lines)
     rows_written = sum(split["rows"] for split in splits.values())
     bad_total = sum(bad_counts.values())
@@ -49,8 +62,9 @@ def build_manifest(
         raise RuntimeError(
             f"row accounting broken: read {rows_read} != written {rows_written} + bad {bad_total}; please report"
         )
+    multi_hot = bag_lengths is not None
     return {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": SCHEMA_VERSION if multi_hot else ONE_HOT_SCHEMA_VERSION,
         "tool": {"name": TOOL_NAME, "version": tool_version()},
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(seconds, 3),
@@ -62,6 +76,8 @@ def build_manifest(
         "dense_transform": options["dense_transform"],
         "columns": {"label": LABEL, "dense": list(DENSE_COLUMNS), "sparse": list(SPARSE_COLUMNS)},
         "num_embeddings": num_embeddings,
+        "multi_hot": multi_hot,
+        **({"bag_lengths": bag_lengths} if multi_hot else {}),
         "rows_per_shard": options["rows_per_shard"],
         "row_group_rows": options["row_group_rows"],
         "splits": splits,
@@ -82,8 +98,11 @@ def load_manifest(data_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} not found: is {data_dir} a directory written by `dlrm-prep criteo`?")
     manifest = json.loads(path.read_text())
     version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
+    if version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise ValueError(
+            f"{path}: schema_version {version!r} is not supported "
+            f"(expected one of {', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))})"
+        )
     for key in ("num_embeddings", "splits", "columns"):
         if key not in manifest:
             raise ValueError(f"{path}: missing field {key!r}")
@@ -113,6 +132,12 @@ def format_summary(manifest: dict[str, Any]) -> str:
         lines.append(f"  {example['where']}: {example['reason']}: {example['detail']}")
     sizes = manifest["num_embeddings"]
     lines.append(f"tables: {len(sizes)}, rows min {min(sizes):,} max {max(sizes):,} total {sum(sizes):,}")
+    if manifest.get("multi_hot"):
+        bags = manifest["bag_lengths"]
+        lines.append(
+            f"multi-hot bags (train): mean length {min(bags['mean']):g}..{max(bags['mean']):g}, "
+            f"longest {max(bags['max'])}"
+        )
     if "seconds" in manifest and manifest["seconds"] > 0:
         rate = manifest["rows_read"] / manifest["seconds"]
         lines.append(f"time: {manifest['seconds']:.1f} s ({rate:,.0f} rows/s)")

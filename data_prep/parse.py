@@ -11,6 +11,12 @@ A line is bad, for the first reason that applies, when it has:
   label        a label other than 0 or 1
   dense        an integer feature that is not an integer
   categorical  a categorical feature that is not 1 to 8 hex digits (empty means missing, which is fine)
+
+Multi-hot (`multi_hot=True`, this project's extension of the Criteo layout): a categorical field holds a
+bag of values separated by commas, each 1 to 8 hex digits, e.g. `0a1b2c3d,00ff12aa`; an empty field is
+an empty bag. A bag with an empty or malformed value (`a,,b`, `a,`, `xyz`) makes the line bad
+(categorical). Without `multi_hot`, a comma is just a character that is not a hex digit, so a bag is
+a bad categorical, and parsing one-hot text takes exactly the path it always did.
 """
 
 from __future__ import annotations
@@ -69,12 +75,20 @@ class ParsedChunk:
     bad: BadRows
 
 
-def intermediate_schema() -> pa.Schema:
-    """Parsed rows before encoding: raw 32-bit categorical values and the line number within the chunk."""
+def intermediate_schema(multi_hot: bool = False) -> pa.Schema:
+    """Parsed rows before encoding: raw 32-bit categorical values and the line number within the chunk.
+
+    Args:
+        multi_hot: categorical columns are bags, `list<uint32>`, instead of one `uint32` each.
+
+    Returns:
+        The schema of the parsed chunks that `dlrm-prep criteo` keeps in its work directory.
+    """
+    sparse_type = pa.list_(pa.uint32()) if multi_hot else pa.uint32()
     return pa.schema(
         [pa.field("line", pa.int32()), pa.field(LABEL, pa.int8())]
         + [pa.field(name, pa.float32()) for name in DENSE_COLUMNS]
-        + [pa.field(name, pa.uint32()) for name in SPARSE_COLUMNS]
+        + [pa.field(name, sparse_type) for name in SPARSE_COLUMNS]
     )
 
 
@@ -137,6 +151,34 @@ def decode_hex_column(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     values[short] = decode_hex_words(raw.view(np.uint64))
     invalid[short] = ~_all_hex_digits(raw)
     return values, invalid
+
+
+def decode_hex_bags(array: pa.Array) -> tuple[pa.ListArray, np.ndarray]:
+    """Decodes a binary column of comma-separated hex values into bags of uint32 values.
+
+    An empty field is an empty bag; an empty value inside a non-empty field (`a,,b`, `a,`) is invalid.
+
+    Returns:
+        (bags, invalid): a `list<uint32>` array with one bag per entry, and a bool mask of the entries
+        holding a value that is not 1 to 8 hex digits (their bags are incomplete: drop those rows).
+    """
+    parts = pc.split_pattern(array, ",")
+    # Every value of every bag in one flat binary array: the one-hot decoder does the digit work.
+    flat = parts.flatten()
+    values, invalid_values = decode_hex_column(flat)
+    parents = pc.list_parent_indices(parts).to_numpy()
+    value_offsets, _ = _offsets_and_data(flat)
+    empty_values = np.diff(value_offsets) == 0
+    field_offsets, _ = _offsets_and_data(array)
+    empty_fields = np.diff(field_offsets) == 0
+    # split_pattern turns an empty field into one empty value: that is the empty bag, not an error.
+    invalid_values |= empty_values & ~empty_fields[parents]
+    invalid = np.bincount(parents[invalid_values], minlength=len(array)) > 0
+    kept = ~empty_values
+    lengths = np.bincount(parents[kept], minlength=len(array))
+    offsets = np.zeros(len(array) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values[kept])), invalid
 
 
 def transform_dense(column: pa.Array, dense_transform: str) -> pa.Array:
@@ -222,12 +264,20 @@ def _describe(value: bytes | None) -> str:
     return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
-def parse_chunk(data: bytes, dense_transform: str = "log1p") -> ParsedChunk:
+def _categorical_detail(name: str, value: bytes | None, multi_hot: bool) -> str:
+    if multi_hot:
+        return f"{name}={_describe(value)} is not a comma-separated list of 1 to 8 hex digits"
+    hint = " (a comma-separated bag needs --multi-hot)" if value and b"," in value else ""
+    return f"{name}={_describe(value)} is not 1 to 8 hex digits{hint}"
+
+
+def parse_chunk(data: bytes, dense_transform: str = "log1p", multi_hot: bool = False) -> ParsedChunk:
     """Parses whole lines of Criteo TSV (the last one may lack its newline; CRLF is accepted).
 
     Args:
         data: the chunk's bytes, starting at a line start and ending at a line end.
         dense_transform: `log1p` (missing/negative -> 0, then log1p) or `none` (missing -> 0).
+        multi_hot: read each categorical field as a comma-separated bag (see the module docstring).
 
     Returns:
         The valid rows (`intermediate_schema` minus `line`) with their line numbers and the bad-row tally.
@@ -291,19 +341,20 @@ def parse_chunk(data: bytes, dense_transform: str = "log1p") -> ParsedChunk:
     sparse_columns = []
     for name in SPARSE_COLUMNS:
         column = table.column(name).combine_chunks()
-        values, invalid = decode_hex_column(column)
+        if multi_hot:
+            values, invalid = decode_hex_bags(column)
+        else:
+            decoded, invalid = decode_hex_column(column)
+            values = pa.array(decoded)
         for row in np.flatnonzero(invalid & ~rejected):
-            bad.add(
-                int(lines[row]),
-                "categorical",
-                f"{name}={_describe(column[row].as_py())} is not 1 to 8 hex digits",
-            )
+            detail = _categorical_detail(name, column[row].as_py(), multi_hot)
+            bad.add(int(lines[row]), "categorical", detail)
         rejected |= invalid
-        sparse_columns.append(pa.array(values))
+        sparse_columns.append(values)
 
     labels = pa.array(np.nan_to_num(label_values, nan=0).astype(np.int8))
     result = pa.Table.from_arrays(
-        [labels, *dense_columns, *sparse_columns], schema=intermediate_schema().remove(0)
+        [labels, *dense_columns, *sparse_columns], schema=intermediate_schema(multi_hot).remove(0)
     )
     if rejected.any():
         keep = ~rejected

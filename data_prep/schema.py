@@ -4,6 +4,10 @@ This is one half of the data contract between `data_prep` and `dlrm_dist.data`; 
 `manifest.json` (see `data_prep.manifest`). Raw Criteo TSV lines have 40 tab-separated fields:
 `label`, 13 integer features `I1..I13`, 26 categorical features `C1..C26` (hex strings). An empty
 field means missing.
+
+Multi-hot data (`dlrm-prep criteo --multi-hot`) extends that layout: a categorical field may hold a
+bag of hex values separated by commas (`0a1b2c3d,00ff12aa`), and its Parquet column is a
+`list<int32>` of embedding ids instead of one `int32`. One-hot data keeps the compact int32 schema.
 """
 
 from __future__ import annotations
@@ -52,10 +56,18 @@ KAGGLE_CARDINALITIES: tuple[int, ...] = (
 )
 
 
-def output_schema() -> pa.Schema:
-    """Schema of every Parquet shard: int8 label, float32 dense features, int32 embedding ids."""
+def output_schema(multi_hot: bool = False) -> pa.Schema:
+    """Schema of every Parquet shard: int8 label, float32 dense features, int32 embedding ids.
+
+    Args:
+        multi_hot: each categorical column is a bag of ids, `list<int32>`, instead of one `int32`.
+
+    Returns:
+        The schema `dlrm-prep criteo` writes and `dlrm_dist.data` reads.
+    """
+    sparse_type = pa.list_(pa.int32()) if multi_hot else pa.int32()
     return pa.schema(
         [pa.field(LABEL, pa.int8(), nullable=False)]
         + [pa.field(name, pa.float32(), nullable=False) for name in DENSE_COLUMNS]
-        + [pa.field(name, pa.int32(), nullable=False) for name in SPARSE_COLUMNS]
+        + [pa.field(name, sparse_type, nullable=False) for name in SPARSE_COLUMNS]
     )

@@ -17,6 +17,15 @@ How a row is drawn:
 - The label is Bernoulli(sigmoid(logit)), the logit summing a bias calibrated to a 25% positive rate,
   per-value effects of some categorical columns, joint effects of a few column pairs (no marginal part, so
   only a model that crosses the two columns can learn it) and linear effects of log1p of a few integers.
+
+Multi-hot (`multi_hot_sizes`, e.g. MLPerf DLRMv2's `MLPERF_MULTI_HOT_SIZES`): a present field of column f
+holds exactly size_f values joined by commas (the TSV convention of `data_prep.parse`); a missing field
+stays empty, an empty bag. The first value is the one-hot draw above; the other size_f - 1 come from the
+same Zipf law, drawn from a stream of their own per column (keyed by seed, day and column, counter from
+the row index as above), so the one-hot values, and with all sizes 1 every byte, are unchanged. Values
+may repeat within a bag. In the planted model a bag's effect is the mean of its values' effects, and a
+pair's joint effect the mean over every (value a, value b) pair of the two bags: a mean-pooled embedding
+can represent exactly that, a sum-pooled one up to the bag size, which is fixed per column.
 """
 
 from __future__ import annotations
@@ -25,13 +34,14 @@ import argparse
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from gzip import GzipFile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from tqdm import tqdm
 
@@ -52,6 +62,12 @@ DEFAULT_CARDINALITIES: tuple[int, ...] = tuple(min(c, DEFAULT_CARDINALITY_CAP) f
 MAX_CARDINALITY = 2**32  # vocabularies are distinct 32-bit values
 TARGET_POSITIVE_RATE = 0.25
 ZIPF_EXPONENT = 1.1
+ONE_HOT_SIZES: tuple[int, ...] = (1,) * NUM_SPARSE
+# Values per present field of C1..C26 in MLPerf DLRMv2's multi-hot Criteo (materialize_synthetic_multihot).
+MLPERF_MULTI_HOT_SIZES: tuple[int, ...] = (
+    3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1,
+)  # fmt: skip
+MAX_MULTI_HOT_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -125,7 +141,7 @@ _DENSE_EFFECT_WEIGHTS: tuple[tuple[str, float], ...] = (
 )
 
 # Tags that separate the independent random streams derived from one seed.
-_VOCAB_STREAM, _EFFECT_STREAM, _PAIR_STREAM, _ROW_STREAM, _CALIBRATION_STREAM = range(5)
+_VOCAB_STREAM, _EFFECT_STREAM, _PAIR_STREAM, _ROW_STREAM, _CALIBRATION_STREAM, _BAG_STREAM = range(6)
 _CALIBRATION_ROWS = 1 << 16
 _AUC_BINS = 1 << 20  # probability buckets of the streaming per-day AUC: ties below 1e-6 apart
 
@@ -159,7 +175,15 @@ class _ClickModel:
     """(sparse column a, sparse column b, scale, hash key)."""
     dense_effects: tuple[tuple[int, float], ...]
     """(dense column index, weight on log1p of the value)."""
+    multi_hot_sizes: tuple[int, ...] = ONE_HOT_SIZES
+    """Values per present field of C1..C26 (all 1: one-hot)."""
     bias: float = 0.0
+
+    @property
+    def logit_columns(self) -> frozenset[int]:
+        """The sparse columns the planted logit depends on."""
+        pairs = {column for column_a, column_b, _, _ in self.pair_effects for column in (column_a, column_b)}
+        return frozenset({column for column, _ in self.value_effects} | pairs)
 
 
 def _check_at_least(name: str, value: int, minimum: int) -> None:
@@ -176,6 +200,15 @@ def _check_cardinalities(name: str, cardinalities: Sequence[int]) -> tuple[int, 
     return tuple(int(c) for c in cardinalities)
 
 
+def _check_multi_hot_sizes(name: str, sizes: Sequence[int]) -> tuple[int, ...]:
+    if len(sizes) != NUM_SPARSE:
+        raise ValueError(f"{name}: needs {NUM_SPARSE} values (C1..C26), got {len(sizes)}")
+    for column, size in zip(SPARSE_COLUMNS, sizes, strict=True):
+        if not 1 <= size <= MAX_MULTI_HOT_SIZE:
+            raise ValueError(f"{name}: {column} must be in [1, {MAX_MULTI_HOT_SIZE}], got {size}")
+    return tuple(int(size) for size in sizes)
+
+
 def _hex_vocabulary(values: np.ndarray) -> pa.StringArray:
     """Formats uint32 values as 8 lowercase hex digits, vectorised (no Python string per value)."""
     hex_digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
@@ -185,7 +218,9 @@ def _hex_vocabulary(values: np.ndarray) -> pa.StringArray:
     return pa.StringArray.from_buffers(len(values), pa.py_buffer(offsets), pa.py_buffer(chars))
 
 
-def _build_click_model(seed: int, cardinalities: tuple[int, ...]) -> _ClickModel:
+def _build_click_model(
+    seed: int, cardinalities: tuple[int, ...], multi_hot_sizes: tuple[int, ...] = ONE_HOT_SIZES
+) -> _ClickModel:
     """Draws vocabularies and effects; each column has its own stream so resizing one changes no other."""
     vocabularies = tuple(
         _hex_vocabulary(
@@ -210,19 +245,39 @@ def _build_click_model(seed: int, cardinalities: tuple[int, ...]) -> _ClickModel
         for pair, (name_a, name_b, scale) in enumerate(_PAIR_EFFECT_SCALES)
     )
     dense_effects = tuple((DENSE_COLUMNS.index(name), weight) for name, weight in _DENSE_EFFECT_WEIGHTS)
-    model = _ClickModel(cardinalities, vocabularies, tuple(value_effects), pair_effects, dense_effects)
+    model = _ClickModel(
+        cardinalities, vocabularies, tuple(value_effects), pair_effects, dense_effects, multi_hot_sizes
+    )
     return dataclasses.replace(model, bias=_calibrate_bias(model, seed))
 
 
-def _row_uniforms(seed: int, stream: tuple[int, ...], first_row: int, num_rows: int) -> np.ndarray:
-    """Returns (NUM_FIELDS, num_rows) uniforms in [0, 1): one per field, the same whatever the chunking."""
+def _row_uniforms(
+    seed: int, stream: tuple[int, ...], first_row: int, num_rows: int, width: int = NUM_FIELDS
+) -> np.ndarray:
+    """Returns (width, num_rows) uniforms in [0, 1): `width` per row (by default one per field), the same
+    whatever the chunking."""
     key = np.random.SeedSequence([seed, *stream]).generate_state(2, np.uint64)
-    # Philox yields 4 words per counter step and a row takes NUM_FIELDS (40) words, so row r starts at
-    # counter r * 10: a chunk starting anywhere reproduces exactly the rows of one long stream.
+    # Philox yields 4 words per counter step; a row takes `width` words rounded up to a whole step (40,
+    # 10 steps, for the fields), so row r starts at counter r * steps: a chunk starting anywhere
+    # reproduces exactly the rows of one long stream.
     words_per_counter = 4
-    bit_generator = np.random.Philox(key=key, counter=first_row * NUM_FIELDS // words_per_counter)
-    uniforms = np.random.Generator(bit_generator).random((num_rows, NUM_FIELDS))
-    return np.ascontiguousarray(uniforms.T)
+    words_per_row = -(-width // words_per_counter) * words_per_counter
+    bit_generator = np.random.Philox(key=key, counter=first_row * words_per_row // words_per_counter)
+    uniforms = np.random.Generator(bit_generator).random((num_rows, words_per_row))
+    return np.ascontiguousarray(uniforms[:, :width].T)
+
+
+# (sparse column, number of extra values) -> (extra values, rows) uniforms for that column's bags.
+BagUniforms = Callable[[int, int], np.ndarray]
+
+
+def _bag_uniforms(seed: int, stream: tuple[int, ...], first_row: int, num_rows: int) -> BagUniforms:
+    """The uniforms of the extra bag values of rows drawn from `stream`: one stream per column."""
+
+    def column_uniforms(column: int, width: int) -> np.ndarray:
+        return _row_uniforms(seed, (*stream, _BAG_STREAM, column), first_row, num_rows, width)
+
+    return column_uniforms
 
 
 def _split_missing(uniform: np.ndarray, missing_rate: float) -> tuple[np.ndarray, np.ndarray]:
@@ -259,15 +314,22 @@ def _pair_normal(ranks_a: np.ndarray, ranks_b: np.ndarray, cardinality_b: int, k
     return np.sqrt(-2.0 * np.log(radius_uniform)) * np.cos(2.0 * np.pi * angle_uniform)
 
 
-def _draw_features(model: _ClickModel, uniforms: np.ndarray) -> tuple[list[pa.Array], np.ndarray]:
+def _draw_features(
+    model: _ClickModel, uniforms: np.ndarray, bag_uniforms: BagUniforms, as_text: bool = True
+) -> tuple[list[pa.Array], np.ndarray]:
     """Turns rows of uniforms into the 39 feature columns and each row's logit without the bias.
 
     Args:
         model: vocabularies and planted effects.
         uniforms: (NUM_FIELDS, rows) from `_row_uniforms`; row 0 (the label's) is not used here.
+        bag_uniforms: the uniforms of the values after the first of multi-hot bags (unused for one-hot).
+        as_text: build the C1..C26 strings; without, only the logits are computed and only the columns
+            they depend on are drawn (for the calibration: formatting or drawing a multi-hot sample's
+            other bags would cost more than the rest).
 
     Returns:
-        The I1..I13 (int64) and C1..C26 (string) arrays with nulls for missing, and the logits.
+        The I1..I13 (int64) and C1..C26 (string; multi-hot: comma-joined) arrays with nulls for
+        missing, and the logits.
     """
     logits = np.zeros(uniforms.shape[1])
     dense_arrays = []
@@ -281,22 +343,40 @@ def _draw_features(model: _ClickModel, uniforms: np.ndarray) -> tuple[list[pa.Ar
         dense_log1p.append(np.where(missing, 0.0, np.log1p(np.maximum(values, 0))))
     missing_rates = dict(_SPARSE_MISSING_RATES)
     sparse_arrays = []
-    sparse_ranks = []
+    sparse_ranks = []  # per column, [bag size, rows]
     sparse_missing = []
+    logit_columns = model.logit_columns
     for column, cardinality in enumerate(model.cardinalities):
+        if not as_text and column not in logit_columns:
+            sparse_ranks.append(None)
+            sparse_missing.append(None)
+            continue
         uniform = uniforms[1 + len(_DENSE_SPECS) + column]
         missing, value_uniform = _split_missing(uniform, missing_rates.get(SPARSE_COLUMNS[column], 0.0))
-        ranks = _zipf_ranks(value_uniform, cardinality)
-        sparse_arrays.append(model.vocabularies[column].take(pa.array(ranks, mask=missing)))
+        ranks = _zipf_ranks(value_uniform, cardinality)[None]
+        size = model.multi_hot_sizes[column]
+        if size > 1:
+            extra_ranks = _zipf_ranks(bag_uniforms(column, size - 1), cardinality)
+            ranks = np.concatenate([ranks, extra_ranks])
+        if as_text:
+            values = [
+                model.vocabularies[column].take(pa.array(value_ranks, mask=missing)) for value_ranks in ranks
+            ]
+            sparse_arrays.append(values[0] if size == 1 else pc.binary_join_element_wise(*values, ","))
         sparse_ranks.append(ranks)
         sparse_missing.append(missing)
 
+    # A bag's effect is the mean over its values (exactly the value's effect for one-hot).
     for column, effect_per_rank in model.value_effects:
-        logits += np.where(sparse_missing[column], 0.0, effect_per_rank[sparse_ranks[column]])
+        logits += np.where(sparse_missing[column], 0.0, effect_per_rank[sparse_ranks[column]].mean(axis=0))
     for column_a, column_b, scale, key in model.pair_effects:
-        joint_effect = scale * _pair_normal(
-            sparse_ranks[column_a], sparse_ranks[column_b], model.cardinalities[column_b], key
+        ranks_a, ranks_b = sparse_ranks[column_a], sparse_ranks[column_b]
+        pair_sum = sum(
+            _pair_normal(rank_a, rank_b, model.cardinalities[column_b], key)
+            for rank_a in ranks_a
+            for rank_b in ranks_b
         )
+        joint_effect = scale * (pair_sum / (len(ranks_a) * len(ranks_b)))
         either_missing = sparse_missing[column_a] | sparse_missing[column_b]
         logits += np.where(either_missing, 0.0, joint_effect)
     for field, weight in model.dense_effects:
@@ -307,7 +387,8 @@ def _draw_features(model: _ClickModel, uniforms: np.ndarray) -> tuple[list[pa.Ar
 def _calibrate_bias(model: _ClickModel, seed: int) -> float:
     """Bisects for the bias that makes the mean click probability TARGET_POSITIVE_RATE on a sample."""
     uniforms = _row_uniforms(seed, (_CALIBRATION_STREAM,), 0, _CALIBRATION_ROWS)
-    _, logits = _draw_features(model, uniforms)
+    bag_uniforms = _bag_uniforms(seed, (_CALIBRATION_STREAM,), 0, _CALIBRATION_ROWS)
+    _, logits = _draw_features(model, uniforms, bag_uniforms, as_text=False)
     low, high = -30.0, 30.0
     for _ in range(60):
         bias = (low + high) / 2
@@ -324,7 +405,8 @@ def _draw_rows(
     """Returns (table in RAW_COLUMNS order, float32 click probabilities, int8 labels) for rows
     [first_row, first_row + num_rows) of one day."""
     uniforms = _row_uniforms(seed, (_ROW_STREAM, day), first_row, num_rows)
-    features, logits = _draw_features(model, uniforms)
+    bag_uniforms = _bag_uniforms(seed, (_ROW_STREAM, day), first_row, num_rows)
+    features, logits = _draw_features(model, uniforms, bag_uniforms)
     probabilities = (1.0 / (1.0 + np.exp(-(model.bias + logits)))).astype(np.float32)
     # Drawn against the stored float32 value, so the sidecar is exactly the label's probability.
     labels = (uniforms[0] < probabilities).astype(np.int8)
@@ -390,6 +472,7 @@ def generate(
     seed: int = 0,
     gzip: bool = False,
     cardinalities: Sequence[int] | None = None,
+    multi_hot_sizes: Sequence[int] | None = None,
     chunk_rows: int = 65536,
     progress: bool = True,
 ) -> SynthSummary:
@@ -404,6 +487,8 @@ def generate(
         seed: fixes every byte written; the output does not depend on `chunk_rows`.
         gzip: write `day_i.gz` instead of plain `day_i`.
         cardinalities: vocabulary size of C1..C26 (default: `DEFAULT_CARDINALITIES`).
+        multi_hot_sizes: values per present field of C1..C26, each in [1, MAX_MULTI_HOT_SIZE]
+            (default: all 1, one-hot; `MLPERF_MULTI_HOT_SIZES` is MLPerf DLRMv2's).
         chunk_rows: rows drawn and written at a time.
         progress: show a tqdm bar counting rows.
 
@@ -417,10 +502,13 @@ def generate(
     cardinalities = _check_cardinalities(
         "cardinalities", DEFAULT_CARDINALITIES if cardinalities is None else cardinalities
     )
+    multi_hot_sizes = _check_multi_hot_sizes(
+        "multi_hot_sizes", ONE_HOT_SIZES if multi_hot_sizes is None else multi_hot_sizes
+    )
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = _build_click_model(seed, cardinalities)
+    model = _build_click_model(seed, cardinalities, multi_hot_sizes)
     day_names = [f"day_{day}.gz" if gzip else f"day_{day}" for day in range(days)]
     probability_names = [f"day_{day}.prob.npy" for day in range(days)]
     positive_rates, oracle_aucs = [], []
@@ -445,6 +533,8 @@ def generate(
         "rows_per_day": rows_per_day,
         "gzip": gzip,
         "cardinalities": list(cardinalities),
+        # Only multi-hot data names its sizes, so that one-hot output stays byte for byte what it was.
+        **({"multi_hot_sizes": list(multi_hot_sizes)} if multi_hot_sizes != ONE_HOT_SIZES else {}),
         "files": day_names,
         "probability_files": probability_names,
         "target_positive_rate": TARGET_POSITIVE_RATE,
@@ -485,6 +575,12 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         f"caps Criteo Kaggle's sizes (default: {DEFAULT_CARDINALITY_CAP}, laptop-sized)",
     )  # fmt: skip
     parser.add_argument(
+        "--multi-hot-sizes", default=None, metavar="LIST",
+        help=f"values per present categorical field of C1..C26: {NUM_SPARSE} comma-separated ints in "
+        f"[1, {MAX_MULTI_HOT_SIZE}], written comma-joined in the field, or `mlperf` for MLPerf DLRMv2's "
+        "sizes (default: all 1, one-hot Criteo)",
+    )  # fmt: skip
+    parser.add_argument(
         "--chunk-rows", type=int, default=65536, metavar="ROWS",
         help="rows drawn and written at a time, >= 1: bounds memory, never changes the output (default: 65536)",
     )  # fmt: skip
@@ -503,6 +599,18 @@ def _parse_cardinalities(text: str) -> tuple[int, ...]:
     return _check_cardinalities("--cardinalities", values)
 
 
+def _parse_multi_hot_sizes(text: str) -> tuple[int, ...]:
+    if text == "mlperf":
+        return MLPERF_MULTI_HOT_SIZES
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"--multi-hot-sizes: expected {NUM_SPARSE} comma-separated ints or `mlperf`, got {text!r}"
+        ) from None
+    return _check_multi_hot_sizes("--multi-hot-sizes", sizes)
+
+
 def run_cli(args: argparse.Namespace) -> int:
     """Checks the flags of `add_cli_arguments`, generates the data and prints what was written.
 
@@ -517,6 +625,7 @@ def run_cli(args: argparse.Namespace) -> int:
     _check_at_least("--seed", args.seed, 0)
     _check_at_least("--chunk-rows", args.chunk_rows, 1)
     cardinalities = None if args.cardinalities is None else _parse_cardinalities(args.cardinalities)
+    sizes = None if args.multi_hot_sizes is None else _parse_multi_hot_sizes(args.multi_hot_sizes)
     summary = generate(
         args.out,
         days=args.days,
@@ -524,6 +633,7 @@ def run_cli(args: argparse.Namespace) -> int:
         seed=args.seed,
         gzip=args.gzip,
         cardinalities=cardinalities,
+        multi_hot_sizes=sizes,
         chunk_rows=args.chunk_rows,
     )
     print(

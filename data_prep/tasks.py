@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_prep import encode
@@ -57,11 +58,12 @@ def _process_chunk(
     chunk_dir: Path,
     name: str,
     dense_transform: str,
+    multi_hot: bool,
     on_bad_row: str,
     where: str,
     first_line: int | None,
 ) -> dict[str, Any]:
-    parsed = parse_chunk(data, dense_transform)
+    parsed = parse_chunk(data, dense_transform, multi_hot)
     if on_bad_row == "error" and parsed.bad.total:
         line, reason, detail = parsed.bad.examples[0]
         raise BadRowError(f"{where}:{line}: bad row ({reason}): {detail}")
@@ -88,13 +90,16 @@ def parse_plain_chunk(
     chunk_bytes: int,
     chunk_dir: str,
     dense_transform: str,
+    multi_hot: bool,
     on_bad_row: str,
 ) -> dict[str, Any]:
     """Parses one byte range of a plain file into `<chunk_dir>/<name>.arrow` and its `.json` meta."""
     name = chunk_name(file_index, chunk_index)
     data, start = read_plain_chunk(input_file, chunk_index, chunk_bytes)
     try:
-        meta = _process_chunk(data, Path(chunk_dir), name, dense_transform, on_bad_row, input_file.name, None)
+        meta = _process_chunk(
+            data, Path(chunk_dir), name, dense_transform, multi_hot, on_bad_row, input_file.name, None
+        )
     except BadRowError as error:
         # The chunk only knows its own line numbers; count the lines before it to name the file's line.
         where, line_text, rest = str(error).split(":", 2)
@@ -109,6 +114,7 @@ def parse_gzip_file(
     chunk_bytes: int,
     chunk_dir: str,
     dense_transform: str,
+    multi_hot: bool,
     on_bad_row: str,
 ) -> dict[str, Any]:
     """Parses a whole .gz file, chunk after chunk; chunks already on disk are read past, not parsed again."""
@@ -123,7 +129,7 @@ def parse_gzip_file(
         else:
             try:
                 meta = _process_chunk(
-                    data, directory, name, dense_transform, on_bad_row, input_file.name, lines
+                    data, directory, name, dense_transform, multi_hot, on_bad_row, input_file.name, lines
                 )
             except BadRowError as error:
                 where, line_text, rest = str(error).split(":", 2)
@@ -139,11 +145,21 @@ def _read_rows(path: str, start: int, stop: int) -> pa.Table:
         return pa.ipc.open_file(source).read_all().slice(start, stop - start)
 
 
+def _raw_values(column: pa.ChunkedArray) -> np.ndarray:
+    """A categorical column's raw values; for multi-hot, every value of every bag, in row order."""
+    if pa.types.is_list(column.type):
+        return pc.list_flatten(column).to_numpy()
+    return column.to_numpy()
+
+
 def count_train_rows(pieces: list[tuple[str, int, int]], out_prefix: str) -> dict[str, Any]:
-    """Spills the (value, count) pairs of the categorical columns of train row ranges (vocab mode)."""
+    """Spills the (value, count) pairs of the categorical columns of train row ranges (vocab mode).
+
+    A multi-hot bag counts each of its values once, so a value's count is its number of occurrences.
+    """
     tables = [_read_rows(path, start, stop) for path, start, stop in pieces]
     table = pa.concat_tables(tables)
-    columns = [table.column(name).to_numpy() for name in SPARSE_COLUMNS]
+    columns = [_raw_values(table.column(name)) for name in SPARSE_COLUMNS]
     encode.count_chunk(columns, Path(out_prefix))
     return {"rows": table.num_rows}
 
@@ -160,16 +176,33 @@ def build_vocab_column(
     return {"column": column, "kept": len(kept), "partitions": partitions}
 
 
+def _encode_values(
+    values: np.ndarray, index: int, encoding: dict[str, Any], vocabularies: list[np.ndarray] | None
+) -> np.ndarray:
+    if vocabularies is None:
+        return encode.hash_ids(values, encoding["hash_buckets"][index])
+    return encode.vocab_ids(values, vocabularies[index])
+
+
 def _encode_sparse(table: pa.Table, encoding: dict[str, Any], vocabularies: list[np.ndarray] | None) -> list:
+    """Embedding ids of every categorical column; a multi-hot bag keeps its length, each value encoded
+    exactly as a one-hot value would be."""
     arrays = []
     for index, name in enumerate(SPARSE_COLUMNS):
-        values = table.column(name).to_numpy()
-        if vocabularies is None:
-            ids = encode.hash_ids(values, encoding["hash_buckets"][index])
-        else:
-            ids = encode.vocab_ids(values, vocabularies[index])
-        arrays.append(pa.array(ids))
+        column = table.column(name)
+        if not pa.types.is_list(column.type):
+            arrays.append(pa.array(_encode_values(column.to_numpy(), index, encoding, vocabularies)))
+            continue
+        bags = column.combine_chunks()
+        offsets = bags.offsets.to_numpy()
+        ids = _encode_values(bags.flatten().to_numpy(), index, encoding, vocabularies)
+        arrays.append(pa.ListArray.from_arrays(pa.array(offsets - offsets[0]), pa.array(ids)))
     return arrays
+
+
+def _bag_lengths(encoded: pa.Table) -> np.ndarray:
+    """[26, rows] bag lengths of the encoded multi-hot columns."""
+    return np.stack([pc.list_value_length(encoded.column(name)).to_numpy() for name in SPARSE_COLUMNS])
 
 
 def write_shard(
@@ -179,17 +212,36 @@ def write_shard(
     vocab_paths: list[str] | None,
     row_group_rows: int,
     compression: str,
+    multi_hot: bool = False,
+    bag_stats_path: str | None = None,
 ) -> dict[str, Any]:
     """Writes one Parquet shard from row ranges of parsed chunks, one row group at a time.
 
     Only a row group's worth of rows is held at once, so memory does not grow with the shard size.
+
+    Args:
+        pieces: (parsed chunk path, start row, stop row) ranges, in shard order.
+        out_path: the shard's path.
+        encoding: `PrepOptions.encoding_spec()`.
+        vocab_paths: the vocabulary of each column (vocab mode), else None.
+        row_group_rows: rows per Parquet row group.
+        compression: Parquet compression.
+        multi_hot: write `list<int32>` bags (the parsed chunks hold `list<uint32>`).
+        bag_stats_path: where to write the shard's bag lengths per column, {"rows", "sum", "max"}
+            (multi-hot only); written before the shard is renamed into place, so that a complete shard
+            always has its statistics when a resumed run skips it.
+
+    Returns:
+        {"rows": rows written}.
     """
-    schema = output_schema()
+    schema = output_schema(multi_hot)
     vocabularies = [np.load(path, mmap_mode="r") for path in vocab_paths] if vocab_paths else None
     temporary = out_path + ".tmp"
     rows = 0
     pending: list[pa.Table] = []
     pending_rows = 0
+    length_sums = np.zeros(len(SPARSE_COLUMNS), np.int64)
+    length_maxima = np.zeros(len(SPARSE_COLUMNS), np.int64)
 
     def flush(writer: pq.ParquetWriter, tables: list[pa.Table]) -> None:
         table = pa.concat_tables(tables)
@@ -198,6 +250,10 @@ def write_shard(
             [*columns, *_encode_sparse(table, encoding, vocabularies)], schema=schema
         )
         writer.write_table(encoded, row_group_size=row_group_rows)
+        if bag_stats_path is not None:
+            lengths = _bag_lengths(encoded)
+            length_sums[:] += lengths.sum(axis=1)
+            np.maximum(length_maxima, lengths.max(axis=1, initial=0), out=length_maxima)
 
     with pq.ParquetWriter(temporary, schema, compression=compression) as writer:
         for path, start, stop in pieces:
@@ -216,5 +272,8 @@ def write_shard(
         if pending_rows:
             flush(writer, pending)
             rows += pending_rows
+    if bag_stats_path is not None:
+        stats = {"rows": rows, "sum": length_sums.tolist(), "max": length_maxima.tolist()}
+        write_json_atomic(Path(bag_stats_path), stats)
     os.replace(temporary, out_path)
     return {"rows": rows}
