@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_prep.schema import NUM_SPARSE
+
 SHARDING_TYPES = ("table_wise", "column_wise", "row_wise", "table_row_wise", "data_parallel")
 COMPUTE_KERNELS = ("dense", "fused", "fused_uvm", "fused_uvm_caching", "key_value")
 EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
@@ -33,6 +35,19 @@ def _require(condition: bool, name: str, message: str) -> None:
 
 def _require_choice(value: str, name: str, choices: tuple[str, ...]) -> None:
     _require(value in choices, name, f"{value!r} is not one of {', '.join(choices)}")
+
+
+def _require_per_table(values: list[int], name: str) -> None:
+    """Accepts an empty list (the field is unset) or one positive value per table C1..C26."""
+    if not values:
+        return
+    _require(
+        len(values) == NUM_SPARSE,
+        name,
+        f"needs one value per table C1..C{NUM_SPARSE} ({NUM_SPARSE} values), got {len(values)}",
+    )
+    for index, value in enumerate(values):
+        _require(value >= 1, name, f"C{index + 1} must be >= 1, got {value}")
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,12 @@ class ModelConfig:
     """Sizes of the over (top) MLP; the last one is the single logit, so it must be 1."""
     max_table_rows: int = 0
     """Cap on each table's rows (0: the manifest's sizes). Must not be below what the data needs."""
+    num_embeddings: list[int] = field(default_factory=list)
+    """Rows of each table C1..C26, as the recipe expects them (empty: take the manifest's sizes). When set,
+    the trainer stops unless the manifest has exactly these sizes; `dlrm-plan` plans with them."""
+    multi_hot_sizes: list[int] = field(default_factory=list)
+    """Ids per bag of each table C1..C26 (empty: one-hot). The planner's pooling factors, so that its plan
+    and memory and cost estimates see multi-hot input."""
     cross_layers: int = 3
     """Cross layers of `dcn` (vector weights) and `dlrm_dcnv2` (low-rank matrices); 3 as in MLPerf DLRMv2."""
     low_rank_dim: int = 512
@@ -86,6 +107,14 @@ class ModelConfig:
             f"needs positive layer sizes ending in 1 (the logit), got {self.top_mlp}",
         )
         _require(self.max_table_rows >= 0, "model.max_table_rows", f"must be >= 0, got {self.max_table_rows}")
+        _require_per_table(self.num_embeddings, "model.num_embeddings")
+        _require_per_table(self.multi_hot_sizes, "model.multi_hot_sizes")
+        for index, rows in enumerate(self.num_embeddings):
+            _require(
+                not self.max_table_rows or rows <= self.max_table_rows,
+                "model.num_embeddings",
+                f"C{index + 1} has {rows:,} rows, above model.max_table_rows = {self.max_table_rows:,}",
+            )
         _require(self.cross_layers >= 1, "model.cross_layers", f"must be >= 1, got {self.cross_layers}")
         _require(self.low_rank_dim >= 1, "model.low_rank_dim", f"must be >= 1, got {self.low_rank_dim}")
         _require(
@@ -191,6 +220,9 @@ class TrainingConfig:
 class EvalConfig:
     every_steps: int = 0
     """Evaluate on val every this many steps (0: only at the end of training)."""
+    per_epoch: int = 0
+    """Evaluations on val per epoch, evenly spaced: every steps-per-epoch // per_epoch steps, as MLPerf
+    does (0: only `every_steps` counts). Cannot be combined with `every_steps`."""
     batch_size: int = 16384
     """Global batch size of evaluation."""
     max_rows: int = 0
@@ -198,6 +230,13 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _require(self.every_steps >= 0, "eval.every_steps", f"must be >= 0, got {self.every_steps}")
+        _require(self.per_epoch >= 0, "eval.per_epoch", f"must be >= 0, got {self.per_epoch}")
+        _require(
+            not (self.every_steps and self.per_epoch),
+            "eval.per_epoch",
+            f"cannot be combined with eval.every_steps (got per_epoch = {self.per_epoch}, every_steps = "
+            f"{self.every_steps}); set only one of them",
+        )
         _require(self.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.max_rows >= 0, "eval.max_rows", f"must be >= 0, got {self.max_rows}")
 

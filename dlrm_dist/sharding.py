@@ -6,7 +6,9 @@ This follows TorchRec's recipe, in order:
    into an fbgemm fused optimizer that updates the tables inside backward, so no embedding gradient is
    ever materialised;
 2. plan with `EmbeddingShardingPlanner` over the real topology (world size, hosts, HBM or DDR per rank),
-   with per-table `ParameterConstraints` from `[sharding]`; rank 0 plans and broadcasts the plan;
+   with per-table `ParameterConstraints` from `[sharding]` and `model.multi_hot_sizes`; rank 0 plans and
+   broadcasts the plan (`dlrm-plan` runs the same steps 1-2 for a `ClusterShape` given as numbers, with no
+   GPU and no process group);
 3. wrap in `DistributedModelParallel`, which shards the tables, materialises them from the meta device and
    wraps the dense rest in DDP.
 
@@ -17,6 +19,7 @@ and DDP averages their gradients, so they are trained by the dense optimizer, no
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,13 +30,25 @@ from torch.distributed.optim import _apply_optimizer_in_backward
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
-from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
-from torchrec.distributed.planner.types import HardwareConfig, KernelConfig, TopologyFactory, TrainerConfig
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.planner.constants import POOLING_FACTOR
+from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
+from torchrec.distributed.planner.types import (
+    HardwareConfig,
+    KernelConfig,
+    ShardingOption,
+    TopologyFactory,
+    TrainerConfig,
+)
 from torchrec.distributed.types import ModuleSharder, ShardingPlan, ShardingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
+from data_prep.schema import SPARSE_COLUMNS
 from dlrm_dist.config import SHARDING_TYPES, OptimConfig, ShardingConfig
 from dlrm_dist.distributed import DistContext
+
+# Share of each rank's HBM the planner keeps free for activations and the dense model (TorchRec's default).
+PLANNER_HBM_RESERVE = 0.15
 
 
 @dataclass(frozen=True)
@@ -130,13 +145,35 @@ def apply_embedding_optimizer(module: nn.Module, optim_cfg: OptimConfig, device_
     _apply_optimizer_in_backward(spec.optimizer_class, embedding_params, optimizer_kwargs)
 
 
-def _table_names(module: nn.Module) -> list[str]:
-    return [
-        config.name
+def _table_features(module: nn.Module) -> dict[str, list[str]]:
+    """The features each embedding table of `module` reads, keyed by table name."""
+    return {
+        config.name: list(config.feature_names)
         for submodule in module.modules()
         if isinstance(submodule, EmbeddingBagCollection)
         for config in submodule.embedding_bag_configs()
-    ]
+    }
+
+
+def pooling_factors(
+    table_features: dict[str, list[str]], multi_hot_sizes: Sequence[int]
+) -> dict[str, list[float]]:
+    """The planner's pooling factors (ids per bag) of every table's features, from `model.multi_hot_sizes`.
+
+    Args:
+        table_features: the features each table reads (e.g. table C3 and wide_C3 both read feature C3).
+        multi_hot_sizes: ids per bag of C1..C26 (empty: one-hot, TorchRec's default of 1 per bag).
+
+    Returns:
+        Per table, one pooling factor per feature it reads; empty when `multi_hot_sizes` is.
+    """
+    if not multi_hot_sizes:
+        return {}
+    ids_per_bag = dict(zip(SPARSE_COLUMNS, multi_hot_sizes, strict=True))
+    return {
+        table: [float(ids_per_bag[feature]) for feature in features]
+        for table, features in table_features.items()
+    }
 
 
 def build_constraints(
@@ -144,6 +181,7 @@ def build_constraints(
     table_names: list[str],
     sharder: EmbeddingBagCollectionSharder,
     compute_device_type: str,
+    table_pooling_factors: dict[str, list[float]] | None = None,
 ) -> dict[str, ParameterConstraints]:
     """Per-table planner constraints from `[sharding]`, checked against what the device can run.
 
@@ -153,6 +191,8 @@ def build_constraints(
         table_names: every embedding table of the model.
         sharder: the sharder whose sharding types and kernels are available.
         compute_device_type: "cpu" or "cuda".
+        table_pooling_factors: ids per bag of each table's features (see `pooling_factors`); a table
+            left out keeps TorchRec's one-hot default.
 
     Returns:
         `ParameterConstraints` keyed by table name.
@@ -199,6 +239,8 @@ def build_constraints(
             sharding_types=allowed_types,
             compute_kernels=kernels,
             min_partition=sharding_cfg.min_column_shard_dim or None,
+            # Multi-hot bags scale the planner's input buffers, lookup cost and all-to-all estimates.
+            pooling_factors=(table_pooling_factors or {}).get(table, [POOLING_FACTOR]),
         )
     return constraints
 
@@ -207,37 +249,126 @@ def _host_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def build_planner(
-    ctx: DistContext,
-    batch_size_per_rank: int,
-    constraints: dict[str, ParameterConstraints],
-) -> EmbeddingShardingPlanner:
-    """An `EmbeddingShardingPlanner` over this job's topology.
+@dataclass(frozen=True)
+class ClusterShape:
+    """The machines a plan is for, as TorchRec's planner sees them.
+
+    Args:
+        world_size: ranks in the job.
+        local_world_size: ranks per host (on cuda, GPUs per node).
+        device_type: "cpu" or "cuda".
+        hbm_bytes: GPU memory of each rank (unused on cpu).
+        ddr_bytes: host memory of each rank (its share of the host's).
+    """
+
+    world_size: int
+    local_world_size: int
+    device_type: str
+    hbm_bytes: int
+    ddr_bytes: int
+
+
+def live_cluster(ctx: DistContext) -> ClusterShape:
+    """This job's machines: its ranks, the host's DDR shared by its ranks and, on cuda, the GPU's HBM.
 
     Args:
         ctx: world size, ranks per host and device of this job.
+
+    Returns:
+        The `ClusterShape` to plan for.
+    """
+    hbm_bytes = torch.cuda.get_device_properties(ctx.device).total_memory if ctx.device.type == "cuda" else 0
+    return ClusterShape(
+        world_size=ctx.world_size,
+        local_world_size=ctx.local_world_size,
+        device_type=ctx.device.type,
+        hbm_bytes=hbm_bytes,
+        ddr_bytes=_host_memory_bytes() // ctx.local_world_size,
+    )
+
+
+def build_topology(cluster: ClusterShape) -> Topology:
+    """TorchRec's `Topology` of `cluster`; built from numbers alone, so it needs no GPU or process group.
+
+    Args:
+        cluster: ranks, hosts and memory per rank.
+
+    Returns:
+        The topology (on cuda the planner places tables in HBM first, then DDR through UVM kernels).
+    """
+    hardware = HardwareConfig(
+        ddr_cap_bytes=cluster.ddr_bytes,
+        hbm_cap_bytes=cluster.hbm_bytes if cluster.device_type == "cuda" else None,
+    )
+    return TopologyFactory.create_topology(
+        trainer_config=TrainerConfig(
+            world_size=cluster.world_size, local_world_size=cluster.local_world_size
+        ),
+        hardware_config=hardware,
+        kernel_config=KernelConfig(compute_device=cluster.device_type),
+    )
+
+
+def build_planner(
+    cluster: ClusterShape,
+    batch_size_per_rank: int,
+    constraints: dict[str, ParameterConstraints],
+    callbacks: Sequence[Callable[[list[ShardingOption]], list[ShardingOption]]] = (),
+) -> EmbeddingShardingPlanner:
+    """An `EmbeddingShardingPlanner` over `cluster`.
+
+    Args:
+        cluster: the machines to plan for (`live_cluster(ctx)` for this job).
         batch_size_per_rank: the per-rank batch the planner sizes communication for.
         constraints: per-table constraints from `build_constraints`.
+        callbacks: called with the chosen sharding options (each shard's rank and storage estimate)
+            before they become the plan; each returns the options to keep.
 
     Returns:
         The planner.
     """
-    device_type = ctx.device.type
-    # Each rank's share of the host's DDR; on cuda the planner places tables in the GPU's HBM first.
-    hardware = HardwareConfig(
-        ddr_cap_bytes=_host_memory_bytes() // ctx.local_world_size,
-        hbm_cap_bytes=torch.cuda.get_device_properties(ctx.device).total_memory
-        if device_type == "cuda"
-        else None,
-    )
-    topology = TopologyFactory.create_topology(
-        trainer_config=TrainerConfig(world_size=ctx.world_size, local_world_size=ctx.local_world_size),
-        hardware_config=hardware,
-        kernel_config=KernelConfig(compute_device=device_type),
-    )
     return EmbeddingShardingPlanner(
-        topology=topology, batch_size=batch_size_per_rank, constraints=constraints, debug=False
+        topology=build_topology(cluster),
+        batch_size=batch_size_per_rank,
+        constraints=constraints,
+        storage_reservation=HeuristicalStorageReservation(percentage=PLANNER_HBM_RESERVE),
+        debug=False,
+        callbacks=list(callbacks),
     )
+
+
+def prepare_planning(
+    train_module: nn.Module,
+    sharding_cfg: ShardingConfig,
+    optim_cfg: OptimConfig,
+    device_type: str,
+    multi_hot_sizes: Sequence[int] = (),
+) -> tuple[list[ModuleSharder[nn.Module]], dict[str, ParameterConstraints]]:
+    """Step 1 and the inputs of step 2: attaches the fused optimizer, then builds sharders and constraints.
+
+    Shared by `shard_model` and `dlrm-plan`, so that a dry-run plan is the plan training would make.
+
+    Args:
+        train_module: the unsharded model, tables on the meta device.
+        sharding_cfg: the `[sharding]` section.
+        optim_cfg: the `[optim]` section (embedding optimizer, its lr and eps).
+        device_type: "cpu" or "cuda".
+        multi_hot_sizes: `model.multi_hot_sizes` (empty: one-hot).
+
+    Returns:
+        `(sharders, constraints)` for the planner and DistributedModelParallel.
+    """
+    sharders = build_sharders()
+    apply_embedding_optimizer(train_module, optim_cfg, device_type)
+    table_features = _table_features(train_module)
+    constraints = build_constraints(
+        sharding_cfg,
+        list(table_features),
+        sharders[0],
+        device_type,
+        pooling_factors(table_features, multi_hot_sizes),
+    )
+    return sharders, constraints
 
 
 def shard_model(
@@ -246,6 +377,7 @@ def shard_model(
     optim_cfg: OptimConfig,
     ctx: DistContext,
     batch_size_per_rank: int,
+    multi_hot_sizes: Sequence[int] = (),
 ) -> tuple[DistributedModelParallel, ShardingPlan]:
     """Shards `train_module`'s embedding tables over all ranks and data-parallelises the rest.
 
@@ -257,15 +389,16 @@ def shard_model(
         optim_cfg: the `[optim]` section (embedding optimizer, its lr and eps).
         ctx: this rank's distributed context (the default process group must exist).
         batch_size_per_rank: per-rank batch size, for the planner's cost model.
+        multi_hot_sizes: `model.multi_hot_sizes`, the planner's pooling factors (empty: one-hot).
 
     Returns:
         `(model, plan)`: the `DistributedModelParallel` model (its `fused_optimizer` holds the embedding
         optimizer state) and the plan every rank uses.
     """
-    sharders = build_sharders()
-    apply_embedding_optimizer(train_module, optim_cfg, ctx.device.type)
-    constraints = build_constraints(sharding_cfg, _table_names(train_module), sharders[0], ctx.device.type)
-    planner = build_planner(ctx, batch_size_per_rank, constraints)
+    sharders, constraints = prepare_planning(
+        train_module, sharding_cfg, optim_cfg, ctx.device.type, multi_hot_sizes
+    )
+    planner = build_planner(live_cluster(ctx), batch_size_per_rank, constraints)
     plan = planner.collective_plan(train_module, sharders, dist.GroupMember.WORLD)
     model = DistributedModelParallel(module=train_module, device=ctx.device, plan=plan, sharders=sharders)
     return model, plan

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from data_prep.manifest import load_manifest
 from data_prep.schema import NUM_DENSE, NUM_SPARSE
 from dlrm_dist.checkpoint import Checkpointer, TrainerState
-from dlrm_dist.config import JobConfig, ModelConfig
+from dlrm_dist.config import EvalConfig, JobConfig, ModelConfig
 from dlrm_dist.data import Prefetcher, iter_train_batches, list_row_groups, train_steps_per_epoch
 from dlrm_dist.distributed import DistContext
 from dlrm_dist.evaluation import evaluate
@@ -39,7 +39,21 @@ class NonFiniteLossError(RuntimeError):
 
 
 def table_sizes(manifest: dict[str, Any], model_cfg: ModelConfig, data_dir: str) -> list[int]:
-    """The embedding table sizes: the manifest's, checked against the config's cap."""
+    """The embedding table sizes: the manifest's, checked against the config's cap and expected sizes.
+
+    Args:
+        manifest: the parsed manifest.json of the prepared data.
+        model_cfg: `max_table_rows` (a cap no table may exceed) and `num_embeddings` (the sizes a recipe
+            expects; empty: any).
+        data_dir: where the manifest came from, for the error messages.
+
+    Returns:
+        Rows of each table C1..C26, as the manifest gives them.
+
+    Raises:
+        ValueError: naming `model.max_table_rows` when a table exceeds the cap, or `model.num_embeddings`
+            and the first table whose size differs from the manifest's.
+    """
     sizes = [int(size) for size in manifest["num_embeddings"]]
     if len(sizes) != NUM_SPARSE or len(manifest["columns"]["dense"]) != NUM_DENSE:
         raise ValueError(
@@ -53,6 +67,17 @@ def table_sizes(manifest: dict[str, Any], model_cfg: ModelConfig, data_dir: str)
             f"({', '.join(f'{name}: {size:,}' for name, size in too_big)}); prepare the data with "
             f"`dlrm-prep criteo --hash-buckets {cap}` or raise model.max_table_rows"
         )
+    # A recipe's sizes are the model it means (what dlrm-plan planned, what MLPerf compares); data with
+    # other tables would silently train a different model.
+    expected = model_cfg.num_embeddings
+    for index, (wanted, found) in enumerate(zip(expected, sizes, strict=False)):
+        if wanted != found:
+            raise ValueError(
+                f"model.num_embeddings: C{index + 1} has {wanted:,} rows in the config but {found:,} in "
+                f"{data_dir}/manifest.json; prepare the data with `dlrm-prep criteo --hash-buckets "
+                f"{','.join(str(rows) for rows in expected)}` or set model.num_embeddings to the manifest's "
+                "sizes (or to [] to take them as they are)"
+            )
     return sizes
 
 
@@ -60,6 +85,22 @@ def _batch_size_per_rank(global_batch: int, world_size: int, name: str) -> int:
     if global_batch % world_size:
         raise ValueError(f"{name} = {global_batch} is not divisible by the world size {world_size}")
     return global_batch // world_size
+
+
+def eval_interval(eval_cfg: EvalConfig, steps_per_epoch: int) -> int:
+    """Steps between periodic validations: `eval.every_steps`, or derived from `eval.per_epoch`.
+
+    Args:
+        eval_cfg: `every_steps` and `per_epoch` (at most one of them is set).
+        steps_per_epoch: optimizer steps in one pass over the train split.
+
+    Returns:
+        The interval in steps (0: no periodic validation). `per_epoch` evaluations space out as
+        steps_per_epoch // per_epoch, as MLPerf's validation_freq_within_epoch does, and at least 1.
+    """
+    if eval_cfg.per_epoch:
+        return max(1, steps_per_epoch // eval_cfg.per_epoch)
+    return eval_cfg.every_steps
 
 
 class Trainer:
@@ -97,7 +138,9 @@ class Trainer:
         model = CTRTrainModule(
             build_model(cfg.model, table_sizes(manifest, cfg.model, cfg.data.path), dense_device=ctx.device)
         )
-        self.model, self.plan = shard_model(model, cfg.sharding, cfg.optim, ctx, self.batch_size)
+        self.model, self.plan = shard_model(
+            model, cfg.sharding, cfg.optim, ctx, self.batch_size, cfg.model.multi_hot_sizes
+        )
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.optim, self.total_steps)
         self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint, ctx)
@@ -189,7 +232,8 @@ class Trainer:
         state = self._restore()
         step, samples_seen = state.step, state.samples_seen
         global_batch = self.cfg.training.batch_size
-        eval_every, ckpt_every = self.cfg.eval.every_steps, self.cfg.checkpoint.every_steps
+        eval_every = eval_interval(self.cfg.eval, self.steps_per_epoch)
+        ckpt_every = self.cfg.checkpoint.every_steps
         progress = tqdm(total=self.total_steps, initial=step, desc="train", unit="step",
                         disable=not (self.is_writer and self.cfg.metrics.progress_bar), dynamic_ncols=True)  # fmt: skip
         started, steps_at_start, reached_target = time.perf_counter(), step, False
