@@ -25,9 +25,9 @@ from data_prep.schema import NUM_DENSE, NUM_SPARSE
 from dlrm_dist.checkpoint import Checkpointer, TrainerState
 from dlrm_dist.config import EvalConfig, JobConfig, ModelConfig
 from dlrm_dist.data import Prefetcher, iter_train_batches, list_row_groups, train_steps_per_epoch
-from dlrm_dist.distributed import DistContext
+from dlrm_dist.distributed import DistContext, peak_memory_by_rank
 from dlrm_dist.evaluation import evaluate
-from dlrm_dist.models import build_model
+from dlrm_dist.models import build_model, parameter_counts
 from dlrm_dist.models.train_module import CTRTrainModule
 from dlrm_dist.monitor import build_monitor
 from dlrm_dist.optim import build_lr_scheduler, build_optimizer
@@ -138,6 +138,8 @@ class Trainer:
         model = CTRTrainModule(
             build_model(cfg.model, table_sizes(manifest, cfg.model, cfg.data.path), dense_device=ctx.device)
         )
+        # Counted before sharding, while every table is whole: the same on every rank and world size.
+        self.dense_parameters, self.sparse_parameters = parameter_counts(model)
         self.model, self.plan = shard_model(
             model, cfg.sharding, cfg.optim, ctx, self.batch_size, cfg.model.multi_hot_sizes
         )
@@ -328,6 +330,12 @@ class Trainer:
                 "reached_target_auc": reached_target,
             },
             "world_size": self.ctx.world_size,
+            "model": {
+                "name": self.cfg.model.name,
+                "dense_parameters": self.dense_parameters,
+                "sparse_parameters": self.sparse_parameters,
+            },
+            "memory": peak_memory_by_rank(self.ctx),
         }
         hparams = {
             "model": self.cfg.model.name, "embedding_dim": self.cfg.model.embedding_dim,
