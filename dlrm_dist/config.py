@@ -26,6 +26,9 @@ EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
 DENSE_OPTIMIZERS = ("adagrad", "adam", "sgd")
 LR_DECAYS = ("none", "linear", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
+POOLINGS = ("sum", "mean")
+# Sharding types whose tables are split by rows, so TorchRec takes a bag's mean after the reduce-scatter.
+ROW_SPLIT_SHARDING_TYPES = ("row_wise", "table_row_wise")
 
 
 def _require(condition: bool, name: str, message: str) -> None:
@@ -93,6 +96,9 @@ class ModelConfig:
     deep_mlp: list[int] = field(default_factory=lambda: [400, 400, 400])
     """Hidden sizes of the deep part of `wide_deep`, `deepfm`, `dcn` and `xdeepfm`; the last one feeds the
     output layer. 400-400-400 as in the DeepFM paper."""
+    pooling: str = "sum"
+    """How a multi-hot bag's rows become one field embedding: sum (as MLPerf DLRMv2) or mean. One-hot bags
+    pool to their single row either way; first-order tables (wide_*) always sum."""
 
     def __post_init__(self) -> None:
         _require(self.embedding_dim >= 1, "model.embedding_dim", f"must be >= 1, got {self.embedding_dim}")
@@ -127,6 +133,7 @@ class ModelConfig:
             "model.deep_mlp",
             f"needs at least one positive layer size, got {self.deep_mlp}",
         )
+        _require_choice(self.pooling, "model.pooling", POOLINGS)
 
 
 @dataclass(frozen=True)
@@ -277,6 +284,23 @@ class JobConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.pooling == "mean":
+            # TorchRec 1.8 takes a row-split table's mean after the reduce-scatter, dividing the pooled
+            # output of the whole collection by the bag lengths, and exempts only row-split sum tables:
+            # a table-wise (column-wise, data-parallel) table's bags, already averaged by the kernel, are
+            # divided a second time. So one collection must not mix the two kinds.
+            chosen = [*self.sharding.types, *self.sharding.tables.values()]
+            kinds = {sharding_type in ROW_SPLIT_SHARDING_TYPES for sharding_type in chosen}
+            _require(
+                bool(self.sharding.types) and len(kinds) == 1,
+                "model.pooling",
+                "mean pooling needs sharding.types (and any sharding.tables) to be all row-split "
+                f"({', '.join(ROW_SPLIT_SHARDING_TYPES)}) or all other types, because TorchRec divides "
+                "the other tables' means a second time when one collection mixes them; got sharding.types "
+                f"{self.sharding.types} and sharding.tables {self.sharding.tables}",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -12,6 +12,12 @@ drops the few rows past the last full batch of the smallest rank.
 Evaluation: every row exactly once. Each rank runs the same number of batches, so the last batches
 are padded to full size with copies of a real row, and each batch carries how many of its rows count.
 
+Multi-hot data (the manifest says `"multi_hot": true`; the reader goes by what that means, shards
+whose categorical columns are `list<int32>` bags of ids): the rows' categorical part stays a pyarrow
+table, so shuffling, padding and batching are `take`/`slice`/`concat` on the bags, and the
+KeyedJaggedTensor is built key-major from the bag lengths and the concatenated ids. One-hot data keeps
+its numpy [26, B] fast path, every length 1.
+
 The reading, shuffling and batch assembly run in a background thread, `prefetch` batches ahead of
 the model; pyarrow and numpy release the GIL for the heavy parts.
 """
@@ -27,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torchrec.datasets.utils import Batch
@@ -90,24 +97,57 @@ def _read_range(row_range: RowRange) -> pa.Table:
     return table.slice(row_range.start, row_range.stop - row_range.start)
 
 
-def _columns(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+# One-hot: [26, B] int32 ids. Multi-hot: a table of the 26 `list<int32>` bag columns, one row per sample.
+Sparse = np.ndarray | pa.Table
+# (dense [B, 13] float32, sparse, labels [B] float32) of some rows.
+Columns = tuple[np.ndarray, Sparse, np.ndarray]
+
+
+def _columns(table: pa.Table) -> Columns:
     dense = np.stack([table.column(name).to_numpy() for name in DENSE_COLUMNS], axis=1)
-    sparse = np.stack([table.column(name).to_numpy() for name in SPARSE_COLUMNS], axis=0)
+    if pa.types.is_list(table.schema.field(SPARSE_COLUMNS[0]).type):
+        sparse = table.select(SPARSE_COLUMNS).combine_chunks()
+    else:
+        sparse = np.stack([table.column(name).to_numpy() for name in SPARSE_COLUMNS], axis=0)
     labels = table.column(LABEL).to_numpy().astype(np.float32)
     return dense, sparse, labels
 
 
-def make_batch(dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray) -> Batch:
-    """Builds a `Batch` from [B, 13] dense, [26, B] one-hot ids and [B] labels.
-
-    The KeyedJaggedTensor is built from lengths (all 1 for one-hot data) so multi-hot fits the same path.
-    """
-    num_features, batch_size = sparse.shape
-    sparse_features = KeyedJaggedTensor(
+def _multi_hot_features(bags: pa.Table) -> KeyedJaggedTensor:
+    """The KJT of a table of bag columns: key-major, so all of C1's bags for the batch, then C2's, ..."""
+    lengths, values = [], []
+    for name in SPARSE_COLUMNS:
+        column = bags.column(name).combine_chunks()
+        lengths.append(pc.list_value_length(column).to_numpy())
+        values.append(column.flatten().to_numpy())
+    return KeyedJaggedTensor(
         keys=list(SPARSE_COLUMNS),
-        values=torch.from_numpy(np.ascontiguousarray(sparse).reshape(-1).astype(np.int64)),
-        lengths=torch.ones(num_features * batch_size, dtype=torch.int32),
+        values=torch.from_numpy(np.concatenate(values).astype(np.int64)),
+        lengths=torch.from_numpy(np.concatenate(lengths).astype(np.int32)),
     )
+
+
+def make_batch(dense: np.ndarray, sparse: Sparse, labels: np.ndarray) -> Batch:
+    """Builds a `Batch` from [B, 13] dense, the sparse part of `Columns` and [B] labels.
+
+    Args:
+        dense: [B, 13] dense features.
+        sparse: [26, B] one-hot ids, or a table of the 26 multi-hot bag columns with B rows.
+        labels: [B] labels.
+
+    Returns:
+        The batch; its KeyedJaggedTensor has one bag per (key, sample), key-major, of length 1 for
+        one-hot data and the bag's length for multi-hot data.
+    """
+    if isinstance(sparse, pa.Table):
+        sparse_features = _multi_hot_features(sparse)
+    else:
+        num_features, batch_size = sparse.shape
+        sparse_features = KeyedJaggedTensor(
+            keys=list(SPARSE_COLUMNS),
+            values=torch.from_numpy(np.ascontiguousarray(sparse).reshape(-1).astype(np.int64)),
+            lengths=torch.ones(num_features * batch_size, dtype=torch.int32),
+        )
     return Batch(
         dense_features=torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)),
         sparse_features=sparse_features,
@@ -115,19 +155,27 @@ def make_batch(dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray) -> Bat
     )
 
 
-Columns = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
 def _concat(parts: list[Columns]) -> Columns:
+    sparse_parts = [part[1] for part in parts]
     return (
         np.concatenate([part[0] for part in parts]),
-        np.concatenate([part[1] for part in parts], axis=1),
+        pa.concat_tables(sparse_parts)
+        if isinstance(sparse_parts[0], pa.Table)
+        else np.concatenate(sparse_parts, axis=1),
         np.concatenate([part[2] for part in parts]),
     )
 
 
 def _take(columns: Columns, rows: np.ndarray | slice) -> Columns:
-    return columns[0][rows], columns[1][:, rows], columns[2][rows]
+    dense, sparse, labels = columns
+    if not isinstance(sparse, pa.Table):
+        return dense[rows], sparse[:, rows], labels[rows]
+    if isinstance(rows, slice):
+        start, stop, _ = rows.indices(sparse.num_rows)
+        taken = sparse.slice(start, max(stop - start, 0))
+    else:
+        taken = sparse.take(pa.array(rows, pa.int64()))
+    return dense[rows], taken, labels[rows]
 
 
 def train_steps_per_epoch(groups: list[RowGroup], world_size: int, batch_size_per_rank: int) -> int:

@@ -11,7 +11,7 @@ docstring for the formula and shapes):
     xdeepfm      xDeepFM: first-order term + Compressed Interaction Network + deep MLP           xdeepfm.py
 
 Every family gets its `EmbeddingBagCollection`s from `EmbeddingTables` (one table per Criteo
-categorical column C1..C26, sum pooling; the families with a linear part add a second collection of
+categorical column C1..C26, pooled by `model.pooling`; the families with a linear part add a second collection of
 first-order tables wide_C1..wide_C26), created on the meta device, so that sharding, fused optimizers
 and checkpoints are the same whatever sits on top. Shared sub-networks live in `components`. A family
 is a builder function in `MODEL_REGISTRY`; adding one means writing its module and one registry line.
@@ -91,7 +91,11 @@ def build_model(
             f"model.name: {model_cfg.name!r} is not a known model family (known: "
             f"{', '.join(sorted(MODEL_REGISTRY))})"
         )
-    tables = EmbeddingTables(num_embeddings=tuple(int(rows) for rows in num_embeddings), device=sparse_device)
+    tables = EmbeddingTables(
+        num_embeddings=tuple(int(rows) for rows in num_embeddings),
+        device=sparse_device,
+        pooling=model_cfg.pooling,
+    )
     return builder(model_cfg, tables, dense_in_features, dense_device)
 
 

@@ -1,13 +1,14 @@
 """The embedding tables every model family is built on: one `EmbeddingBagCollection` per kind of table.
 
-Two kinds exist, both one table per Criteo categorical column C1..C26, sum-pooled, fed by the same
+Two kinds exist, both one table per Criteo categorical column C1..C26, fed by the same
 `sparse_features` keys:
 
     field tables         "C1".."C26"             D wide   the field embeddings e_f of every family
     first-order tables   "wide_C1".."wide_C26"   4 wide   the first-order weights w_f(v) of the families
                                                           with a linear part (wide_deep, deepfm, xdeepfm)
 
-Both are created here, usually on the meta device, so that the planner and `DistributedModelParallel`
+A field table pools a multi-hot bag's rows with `model.pooling` (sum or mean); a first-order table
+always sums (see `first_order_collection`). Both are created here, usually on the meta device, so that the planner and `DistributedModelParallel`
 find, shard and materialise every table of every family alike. Table names are unique across
 collections because the planner's per-table constraints (`[sharding] tables`) are keyed by name.
 
@@ -31,6 +32,7 @@ from data_prep.schema import SPARSE_COLUMNS
 FIRST_ORDER_TABLE_PREFIX = "wide_"
 # fbgemm's narrowest row (split_table_batched_embeddings_ops_training asserts dim % 4 == 0).
 FIRST_ORDER_TABLE_DIM = 4
+POOLING_TYPES: dict[str, PoolingType] = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
 
 
 def check_num_embeddings(num_embeddings: Sequence[int]) -> None:
@@ -53,8 +55,9 @@ def build_embedding_bag_collection(
     num_embeddings: Sequence[int],
     device: torch.device,
     name_prefix: str = "",
+    pooling: str = "sum",
 ) -> EmbeddingBagCollection:
-    """Table `<name_prefix>C<i>` for feature `C<i>`, sum pooling, `embedding_dim` wide.
+    """Table `<name_prefix>C<i>` for feature `C<i>`, `embedding_dim` wide, pooling its bags by `pooling`.
 
     Args:
         embedding_dim: width of every table.
@@ -63,21 +66,25 @@ def build_embedding_bag_collection(
             unsharded model.
         name_prefix: prepended to each table's name (not to its feature), so that several collections
             over the same features have distinct table names.
+        pooling: "sum" or "mean" of the rows of a bag's ids (an empty bag pools to zeros either way).
 
     Returns:
         The `EmbeddingBagCollection`.
 
     Raises:
-        ValueError: when `num_embeddings` does not give one positive size per sparse column.
+        ValueError: when `num_embeddings` does not give one positive size per sparse column, or naming
+            `model.pooling` when `pooling` is not sum or mean.
     """
     check_num_embeddings(num_embeddings)
+    if pooling not in POOLING_TYPES:
+        raise ValueError(f"model.pooling: {pooling!r} is not one of {', '.join(POOLING_TYPES)}")
     tables = [
         EmbeddingBagConfig(
             name=f"{name_prefix}{column}",
             embedding_dim=embedding_dim,
             num_embeddings=int(rows),
             feature_names=[column],
-            pooling=PoolingType.SUM,
+            pooling=POOLING_TYPES[pooling],
         )
         for column, rows in zip(SPARSE_COLUMNS, num_embeddings, strict=True)
     ]
@@ -91,6 +98,7 @@ class EmbeddingTables:
     Args:
         num_embeddings: rows of each table C1..C26 (checked on construction).
         device: where the tables are created ("meta" until DistributedModelParallel shards them).
+        pooling: how the field tables pool a bag, "sum" or "mean" (`model.pooling`).
 
     Example::
 
@@ -101,16 +109,26 @@ class EmbeddingTables:
 
     num_embeddings: tuple[int, ...]
     device: torch.device
+    pooling: str = "sum"
 
     def __post_init__(self) -> None:
         check_num_embeddings(self.num_embeddings)
 
     def field_collection(self, embedding_dim: int) -> EmbeddingBagCollection:
-        """Tables C1..C26, `embedding_dim` wide: pooled into the field embeddings [B, F, D]."""
-        return build_embedding_bag_collection(embedding_dim, self.num_embeddings, self.device)
+        """Tables C1..C26, `embedding_dim` wide: pooled (by `pooling`) into the field embeddings [B, F, D]."""
+        return build_embedding_bag_collection(
+            embedding_dim, self.num_embeddings, self.device, pooling=self.pooling
+        )
 
     def first_order_collection(self) -> EmbeddingBagCollection:
         """Tables wide_C1..wide_C26, `FIRST_ORDER_TABLE_DIM` wide: each row sums to a first-order weight."""
+        # Always summed, whatever `pooling` says: the first-order term of a bag is the sum of its ids'
+        # weights, sum_v w_f(v), as in the linear model over multi-hot indicator features; a mean would
+        # make it a different model for the same data.
         return build_embedding_bag_collection(
-            FIRST_ORDER_TABLE_DIM, self.num_embeddings, self.device, name_prefix=FIRST_ORDER_TABLE_PREFIX
+            FIRST_ORDER_TABLE_DIM,
+            self.num_embeddings,
+            self.device,
+            name_prefix=FIRST_ORDER_TABLE_PREFIX,
+            pooling="sum",
         )
