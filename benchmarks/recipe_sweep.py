@@ -11,7 +11,7 @@ Data: 1M rows of `dlrm-prep synth` (5 days of 200k, seed 0), `dlrm-prep criteo -
               every parameter, the split in memory), one epoch, over a small grid of its simple settings.
 
 Selection is on val AUC; the table also shows test AUC and the oracle AUC of the planted model (the
-ceiling). Each finished run is cached in WORKDIR/results.json, so an interrupted sweep continues.
+ceiling). Each finished run is cached in WORKDIR/results-{dlrm,plain}.json, so an interrupted sweep continues.
 
     .venv/bin/python benchmarks/recipe_sweep.py [--workdir /tmp/recipe-sweep] [--only dlrm|plain]
 """
@@ -19,6 +19,7 @@ ceiling). Each finished run is cached in WORKDIR/results.json, so an interrupted
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -72,18 +73,21 @@ class Sweep:
 
     def __init__(self, work: Path, prepared: Path) -> None:
         self.work, self.prepared = work, prepared
-        self.cache_path = work / "results.json"
-        self.results: dict[str, dict] = (
-            json.loads(self.cache_path.read_text()) if self.cache_path.exists() else {}
-        )
+        # One cache file per kind, so that the two sweeps can run at the same time (`--only`).
+        self.cache_paths = {kind: work / f"results-{kind}.json" for kind in ("dlrm", "plain")}
+        self.results: dict[str, dict] = {}
+        for path in self.cache_paths.values():
+            if path.exists():
+                self.results.update(json.loads(path.read_text()))
 
-    def _save(self) -> None:
-        self.cache_path.write_text(json.dumps(self.results, indent=2, sort_keys=True))
+    def _save(self, kind: str) -> None:
+        mine = {key: value for key, value in self.results.items() if key.startswith(kind + " ")}
+        self.cache_paths[kind].write_text(json.dumps(mine, indent=2, sort_keys=True))
 
     def dlrm(self, overrides: dict[str, object]) -> dict:
         key = "dlrm " + " ".join(f"--{name}={value}" for name, value in sorted(overrides.items()))
         if key not in self.results:
-            run_dir = self.work / "runs" / f"run-{len(self.results)}"
+            run_dir = self.work / "runs" / hashlib.sha1(key.encode()).hexdigest()[:12]
             command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                        str(REPO_ROOT / "dlrm_dist/train.py"), "--config", str(REPO_ROOT / "configs/criteo_kaggle.toml"),
                        "--data", str(self.prepared), "--run-dir", str(run_dir), "--training.device=cpu",
@@ -93,7 +97,7 @@ class Sweep:
             if result.returncode != 0:
                 raise RuntimeError(f"{key} failed:\n{result.stderr[-3000:]}")
             self.results[key] = json.loads((run_dir / "metrics.json").read_text())
-            self._save()
+            self._save("dlrm")
         print(
             f"  {key:<120} val {self.results[key]['val']['auc']:.4f}  test {self.results[key]['test']['auc']:.4f}",
             flush=True,
@@ -104,7 +108,7 @@ class Sweep:
         key = f"plain optimizer={settings.optimizer} lr={settings.lr} batch={settings.batch_size}"
         if key not in self.results:
             self.results[key] = run(settings, self.prepared)
-            self._save()
+            self._save("plain")
         print(
             f"  {key:<120} val {self.results[key]['val']['auc']:.4f}  test {self.results[key]['test']['auc']:.4f}",
             flush=True,
@@ -133,7 +137,9 @@ def sweep_dlrm(sweep: Sweep) -> tuple[dict, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", default="/tmp/recipe-sweep", help="data, runs and results.json")
+    parser.add_argument(
+        "--workdir", default="/tmp/recipe-sweep", help="data, runs and the results-*.json caches"
+    )
     parser.add_argument("--only", choices=("dlrm", "plain"), help="sweep only one of the two")
     args = parser.parse_args(argv)
     work = Path(args.workdir)
