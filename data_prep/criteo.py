@@ -340,7 +340,8 @@ def _write_phase(
 ) -> dict:
     splits: dict[str, dict[str, Any]] = {}
     calls = []
-    (work / "bags").mkdir(exist_ok=True)
+    if options.multi_hot:
+        (work / "bags").mkdir(exist_ok=True)
     for split in SPLITS:
         (out / split).mkdir(exist_ok=True)
         shards = _shard_ranges(plan["pieces"][split], options.rows_per_shard)
