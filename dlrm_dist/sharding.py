@@ -156,7 +156,7 @@ def _table_features(module: nn.Module) -> dict[str, list[str]]:
 
 
 def pooling_factors(
-    table_features: dict[str, list[str]], multi_hot_sizes: Sequence[int]
+    table_features: dict[str, list[str]], multi_hot_sizes: Sequence[float]
 ) -> dict[str, list[float]]:
     """The planner's pooling factors (ids per bag) of every table's features, from `model.multi_hot_sizes`.
 
@@ -342,7 +342,7 @@ def prepare_planning(
     sharding_cfg: ShardingConfig,
     optim_cfg: OptimConfig,
     device_type: str,
-    multi_hot_sizes: Sequence[int] = (),
+    multi_hot_sizes: Sequence[float] = (),
 ) -> tuple[list[ModuleSharder[nn.Module]], dict[str, ParameterConstraints]]:
     """Step 1 and the inputs of step 2: attaches the fused optimizer, then builds sharders and constraints.
 
@@ -377,7 +377,7 @@ def shard_model(
     optim_cfg: OptimConfig,
     ctx: DistContext,
     batch_size_per_rank: int,
-    multi_hot_sizes: Sequence[int] = (),
+    multi_hot_sizes: Sequence[float] = (),
 ) -> tuple[DistributedModelParallel, ShardingPlan]:
     """Shards `train_module`'s embedding tables over all ranks and data-parallelises the rest.
 

@@ -140,9 +140,9 @@ class Trainer:
         )
         # Counted before sharding, while every table is whole: the same on every rank and world size.
         self.dense_parameters, self.sparse_parameters = parameter_counts(model)
-        self.model, self.plan = shard_model(
-            model, cfg.sharding, cfg.optim, ctx, self.batch_size, cfg.model.multi_hot_sizes
-        )
+        # The planner's cost model wants ids per bag: the recipe's sizes, else the data's measured means.
+        ids_per_bag = cfg.model.multi_hot_sizes or manifest.get("bag_lengths", {}).get("mean", [])
+        self.model, self.plan = shard_model(model, cfg.sharding, cfg.optim, ctx, self.batch_size, ids_per_bag)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.optim, self.total_steps)
         self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint, ctx)
