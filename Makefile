@@ -39,6 +39,7 @@ format: setup
 
 bench: setup
 	$(BIN)/python benchmarks/prep_throughput.py
+	$(BIN)/python benchmarks/train_throughput.py
 
 clean:
 	rm -rf $(VENV) demo runs
