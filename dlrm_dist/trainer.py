@@ -8,6 +8,7 @@ compute. Only rank 0 writes files and logs: the others get no-op writers chosen 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -153,6 +154,8 @@ class Trainer:
             else None
         )
         self.data_wait_seconds = 0.0
+        # Periodic evaluation and checkpoints, left out of the training throughput and its data-wait share.
+        self.paused_seconds = 0.0
 
     def _write_run_files(self) -> None:
         if not self.is_writer:
@@ -262,25 +265,36 @@ class Trainer:
                         if position.batches_into_epoch == self.steps_per_epoch:
                             position = TrainerState(step, samples_seen, epoch + 1, 0, self.ctx.world_size)
                         if eval_every and step % eval_every == 0 and step < self.total_steps:
-                            val = self._evaluate("val", self.cfg.eval.max_rows)
+                            with self._paused():
+                                val = self._evaluate("val", self.cfg.eval.max_rows)
                             self._log_eval("val", val, step)
                             target = self.cfg.training.target_auc
                             reached_target = bool(target) and val["auc"] >= target
                             self.model.train()
                         if ckpt_every and step % ckpt_every == 0:
-                            self._checkpoint(position)
+                            with self._paused():
+                                self._checkpoint(position)
                 finally:
                     self.data_wait_seconds += batches.wait_seconds
                     batches.close()
                 if step >= self.total_steps or reached_target:
                     break
-            elapsed = time.perf_counter() - started
+            elapsed = time.perf_counter() - started - self.paused_seconds
             if step and step not in self.checkpointer.complete_steps():
                 self._checkpoint(position)
             return self._finish(step, samples_seen, elapsed, steps_at_start, reached_target)
         finally:
             progress.close()
             self.monitor.close()
+
+    @contextlib.contextmanager
+    def _paused(self) -> Iterator[None]:
+        """Times a pause of training (an evaluation, a checkpoint) so throughput figures leave it out."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_seconds += time.perf_counter() - began
 
     def _log_train(
         self,
@@ -297,7 +311,7 @@ class Trainer:
             raise NonFiniteLossError(
                 f"loss is {loss_value} at step {step} (checked every {self.cfg.training.log_every_steps} steps)"
             )
-        elapsed = max(time.perf_counter() - started, 1e-9)
+        elapsed = max(time.perf_counter() - started - self.paused_seconds, 1e-9)
         rate = (step - first_step) * self.cfg.training.batch_size / elapsed
         self.monitor.scalar("train/loss", loss_value, step)
         self.monitor.scalar("train/lr", self.scheduler.get_last_lr()[-1], step)
