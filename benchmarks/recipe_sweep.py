@@ -45,7 +45,7 @@ OPTIMIZER_PAIRS = [
 ]
 STAGES = [
     ("embedding lr", "optim.embedding_lr", [0.02, 0.05, 0.1, 0.2]),
-    ("dense lr", "optim.lr", None),  # values: the best dense lr x 0.5, 2, 4
+    ("dense lr", "optim.lr", None),  # values: the best dense lr x 0.5, 2, 4, 8
     ("batch size", "training.batch_size", [1024, 2048, 4096]),
     ("warmup steps", "optim.warmup_steps", [0, 100]),
 ]
@@ -55,6 +55,8 @@ PLAIN_GRID = [
     PlainSettings(optimizer="adagrad", lr=0.05),
     PlainSettings(optimizer="adam", lr=0.001),
     PlainSettings(optimizer="adam", lr=0.003),
+    PlainSettings(optimizer="adam", lr=0.006),
+    PlainSettings(optimizer="adam", lr=0.01),
     PlainSettings(optimizer="sgd", lr=0.1),
     PlainSettings(optimizer="sgd", lr=0.5),
 ]
@@ -127,7 +129,7 @@ def sweep_dlrm(sweep: Sweep) -> tuple[dict, dict]:
         print(f"stage: {stage}")
         current = best.get(name, START.get(name))
         if values is None:
-            values = [current * factor for factor in (0.5, 2, 4)]
+            values = [current * factor for factor in (0.5, 2, 4, 8)]
         # The current best is one of the candidates already; it is not run again under another key.
         candidates = [best] + [{**best, name: value} for value in values if value != current]
         scored = [(sweep.dlrm(candidate)["val"]["auc"], candidate) for candidate in candidates]
