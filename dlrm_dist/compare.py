@@ -141,10 +141,14 @@ def _check_same_config(model_dir: Path, args: argparse.Namespace, overrides: lis
         ValueError: naming the run directory whose config.json differs.
     """
     expected = load_config(args.config, overrides, {"data": {"path": args.data}, "run_dir": str(model_dir)})
-    if json.loads((model_dir / "config.json").read_text()) != expected.to_dict():
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"{model_dir}: has a metrics.json but no config.json; delete that directory")
+    world_size = json.loads((model_dir / "metrics.json").read_text())["world_size"]
+    if json.loads(config_path.read_text()) != expected.to_dict() or world_size != args.nproc_per_node:
         raise ValueError(
-            f"{model_dir}: holds a finished run with another config than this comparison's; "
-            "use another --run-dir or delete that directory"
+            f"{model_dir}: holds a finished run with another config or world size ({world_size} ranks) "
+            "than this comparison's; use another --run-dir or delete that directory"
         )
 
 

@@ -45,7 +45,7 @@ from dlrm_dist.sharding import (
     plan_to_text,
     prepare_planning,
 )
-from dlrm_dist.trainer import table_sizes
+from dlrm_dist.trainer import planner_ids_per_bag, table_sizes
 
 DESCRIPTION = (
     "Print the TorchRec sharding plan of a recipe on a cluster described by numbers, and the memory "
@@ -149,7 +149,11 @@ def _quiet_torchrec() -> Iterator[None]:
 
 
 def plan_cluster(
-    cfg: JobConfig, num_embeddings: list[int], cluster: ClusterShape, batch_size_per_rank: int
+    cfg: JobConfig,
+    num_embeddings: list[int],
+    cluster: ClusterShape,
+    batch_size_per_rank: int,
+    ids_per_bag: list[float] | None = None,
 ) -> PlanReport:
     """Plans `cfg`'s model over `cluster` the way training would, without a GPU or process group.
 
@@ -158,6 +162,8 @@ def plan_cluster(
         num_embeddings: rows of each table C1..C26.
         cluster: the machines to plan for.
         batch_size_per_rank: the per-rank batch the planner sizes buffers and communication for.
+        ids_per_bag: the planner's ids per bag of C1..C26 (`trainer.planner_ids_per_bag`); None:
+            `model.multi_hot_sizes`.
 
     Returns:
         The `PlanReport`.
@@ -171,7 +177,11 @@ def plan_cluster(
         build_model(cfg.model, num_embeddings, sparse_device=META_DEVICE, dense_device=META_DEVICE)
     )
     sharders, constraints = prepare_planning(
-        train_module, cfg.sharding, cfg.optim, cluster.device_type, cfg.model.multi_hot_sizes
+        train_module,
+        cfg.sharding,
+        cfg.optim,
+        cluster.device_type,
+        cfg.model.multi_hot_sizes if ids_per_bag is None else ids_per_bag,
     )
     chosen: list[list[ShardingOption]] = []
 
@@ -312,7 +322,10 @@ def plan_table_sizes(cfg: JobConfig) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg, cluster, batch_size = parse_plan_args(argv)
-        report = plan_cluster(cfg, plan_table_sizes(cfg), cluster, batch_size)
+        manifest = load_manifest(cfg.data.path) if cfg.data.path else None
+        report = plan_cluster(
+            cfg, plan_table_sizes(cfg), cluster, batch_size, planner_ids_per_bag(cfg.model, manifest)
+        )
     except (ValueError, FileNotFoundError) as error:
         # Config, cluster and data problems, and tables that do not fit: one line, not a traceback.
         print(f"dlrm-plan: error: {error}", file=sys.stderr)

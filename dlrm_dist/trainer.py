@@ -88,6 +88,22 @@ def _batch_size_per_rank(global_batch: int, world_size: int, name: str) -> int:
     return global_batch // world_size
 
 
+def planner_ids_per_bag(model_cfg: ModelConfig, manifest: dict[str, Any] | None) -> list[float]:
+    """The ids per bag the planner's cost model assumes for C1..C26 (`dlrm-train` and `dlrm-plan` alike).
+
+    Args:
+        model_cfg: `multi_hot_sizes`, the recipe's sizes, which win when set.
+        manifest: the prepared data's manifest, whose measured mean bag lengths serve otherwise (None:
+            no data).
+
+    Returns:
+        26 numbers, or an empty list for one-hot data (TorchRec's default of 1 per bag).
+    """
+    if model_cfg.multi_hot_sizes:
+        return [float(size) for size in model_cfg.multi_hot_sizes]
+    return [float(mean) for mean in (manifest or {}).get("bag_lengths", {}).get("mean", [])]
+
+
 def eval_interval(eval_cfg: EvalConfig, steps_per_epoch: int) -> int:
     """Steps between periodic validations: `eval.every_steps`, or derived from `eval.per_epoch`.
 
@@ -141,9 +157,9 @@ class Trainer:
         )
         # Counted before sharding, while every table is whole: the same on every rank and world size.
         self.dense_parameters, self.sparse_parameters = parameter_counts(model)
-        # The planner's cost model wants ids per bag: the recipe's sizes, else the data's measured means.
-        ids_per_bag = cfg.model.multi_hot_sizes or manifest.get("bag_lengths", {}).get("mean", [])
-        self.model, self.plan = shard_model(model, cfg.sharding, cfg.optim, ctx, self.batch_size, ids_per_bag)
+        self.model, self.plan = shard_model(
+            model, cfg.sharding, cfg.optim, ctx, self.batch_size, planner_ids_per_bag(cfg.model, manifest)
+        )
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.optim, self.total_steps)
         self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint, ctx)
@@ -290,6 +306,10 @@ class Trainer:
     @contextlib.contextmanager
     def _paused(self) -> Iterator[None]:
         """Times a pause of training (an evaluation, a checkpoint) so throughput figures leave it out."""
+        if self.ctx.device.type == "cuda":
+            # Training kernels still queued belong to training, not to the pause: wait for them first.
+            # Only on evaluation and checkpoint steps, which sync anyway.
+            torch.cuda.synchronize(self.ctx.device)
         began = time.perf_counter()
         try:
             yield

@@ -11,7 +11,7 @@ Shapes used below:
     FieldArch:         [dense_features W_proj ; e_1 .. e_F]                          -> [B, F + 1, D]
     StackedInputArch:  x_0 = concat(dense_features, e_1, .., e_F)                    -> [B, dense_in_features + F D]
 
-where e_f is the sum-pooled embedding of sparse feature f (TorchRec's `SparseArch`: [B, F, D]) and
+where e_f is the pooled embedding (sum or mean, `model.pooling`) of sparse feature f (TorchRec's `SparseArch`: [B, F, D]) and
 w_f(v) the first-order weight of id v of feature f (a row sum of table `wide_C<f>`, see `tables`).
 A bag of several ids gets the sum of their embeddings / weights, as sum pooling gives.
 """

@@ -197,3 +197,14 @@ def test_per_epoch_evaluations_derive_the_interval_from_steps_per_epoch():
 def test_plan_needs_table_sizes_from_the_recipe_or_the_data():
     code, _, stderr = _run_plan(["--world-size", "2", "--device", "cpu"])
     assert code == 2 and "model.num_embeddings: is empty and no --data DIR" in stderr
+
+
+def test_planner_ids_per_bag_prefers_the_recipe_then_the_manifest():
+    from dlrm_dist.config import ModelConfig
+    from dlrm_dist.trainer import planner_ids_per_bag
+
+    manifest = {"bag_lengths": {"mean": [2.5] * 26, "max": [4] * 26}}
+    assert planner_ids_per_bag(ModelConfig(), manifest) == [2.5] * 26
+    assert planner_ids_per_bag(ModelConfig(multi_hot_sizes=[3] * 26), manifest) == [3.0] * 26
+    assert planner_ids_per_bag(ModelConfig(), {"multi_hot": False}) == []
+    assert planner_ids_per_bag(ModelConfig(), None) == []
