@@ -1,22 +1,34 @@
-"""Parse one chunk of Criteo TSV text into validated, cleaned columns, and account for every bad line.
+r"""Parse one chunk of Criteo TSV text into validated, cleaned columns, and account for every bad line.
 
-The fast path hands the whole chunk to pyarrow's CSV reader with typed columns (int8 label, int64
-dense, binary categoricals) and decodes the hex categoricals with vectorized uint64 bit tricks. Only
-when pyarrow rejects a value does the chunk take the slow path, which reads every column as bytes and
-finds the offending lines one column at a time. Both paths accept exactly the same values: "integer"
-means what pyarrow's int64 parser accepts (decimal, leading '-', surrounding spaces, 0x-prefixed hex).
+The format, as this module reads it (and as `tests/reference_parser.py` restates it, one line at a time):
+  line         the bytes up to a `\n` (the last line of a file may lack it), less one trailing `\r` (CRLF)
+  fields       the line split at every tab; there must be exactly 40: label, I1..I13, C1..C26
+  integer      an optional `-` then one or more ASCII digits (leading zeros allowed), within int64;
+               nothing else: no spaces, no `+`, no hex, no decimal point
+  label        an integer equal to 0 or 1 (missing is bad)
+  I1..I13      empty (missing) or an integer
+  C1..C26      empty (missing, value 0) or 1 to 8 hex digits, either case, read as a 32-bit value
 
 A line is bad, for the first reason that applies, when it has:
-  field_count  not 40 tab-separated fields (an empty line counts here)
+  field_count  not 40 fields (an empty line counts here)
   label        a label other than 0 or 1
-  dense        an integer feature that is not an integer
-  categorical  a categorical feature that is not 1 to 8 hex digits (empty means missing, which is fine)
+  dense        an integer feature that is not an integer (the first such field is named)
+  categorical  a categorical feature that is not 1 to 8 hex digits (the first such field is named)
+
+Cleaning: a dense value becomes float32: missing -> 0, then with `log1p` negatives -> 0 and log(1 + x)
+computed in float64, with `none` the value itself (through float64 either way, then rounded to float32).
 
 Multi-hot (`multi_hot=True`, this project's extension of the Criteo layout): a categorical field holds a
 bag of values separated by commas, each 1 to 8 hex digits, e.g. `0a1b2c3d,00ff12aa`; an empty field is
 an empty bag. A bag with an empty or malformed value (`a,,b`, `a,`, `xyz`) makes the line bad
 (categorical). Without `multi_hot`, a comma is just a character that is not a hex digit, so a bag is
 a bad categorical, and parsing one-hot text takes exactly the path it always did.
+
+One implementation of the rules. pyarrow's CSV reader splits the chunk into fields, every one read
+as bytes (its own integer parser is more lenient than the rules above: spaces, `0x` hex); integers
+are then validated and converted by `parse_integers`, categoricals by the hex decoders. When a line
+has not 40 fields (pyarrow stops) or a `\r` stands alone (pyarrow would end a line there), the lines
+and fields are counted with numpy instead and only the 40-field lines go to pyarrow.
 """
 
 from __future__ import annotations
@@ -182,11 +194,13 @@ def decode_hex_bags(array: pa.Array) -> tuple[pa.ListArray, np.ndarray]:
 
 
 def transform_dense(column: pa.Array, dense_transform: str) -> pa.Array:
-    """Missing -> 0; with `log1p`, negatives -> 0 then log(1 + x); float32 either way."""
-    filled = pc.fill_null(column, 0)
+    """Missing -> 0; with `log1p`, negatives -> 0 then log(1 + x); through float64, then float32."""
+    # Unsafe casts: a safe int64 -> float cast refuses values beyond 2**53 (2**24 for float32), which
+    # are valid integers here; rounding them to the nearest float is the intended cleaning.
+    filled = pc.cast(pc.fill_null(column, 0), pa.float64(), safe=False)
     if dense_transform == "log1p":
-        filled = pc.log1p(pc.max_element_wise(filled, 0))
-    return pc.cast(filled, pa.float32())
+        filled = pc.log1p(pc.max_element_wise(filled, 0.0))
+    return pc.cast(filled, pa.float32(), safe=False)
 
 
 def _empty_line_numbers(data: bytes) -> np.ndarray:
@@ -201,62 +215,136 @@ def _empty_line_numbers(data: bytes) -> np.ndarray:
     return np.flatnonzero((widths == 0) | carriage_return_only) + 1
 
 
-def _read_csv(data: bytes, column_types: dict[str, pa.DataType], invalid_rows: list) -> pa.Table:
-    def on_invalid_row(row: pa_csv.InvalidRow) -> str:
-        invalid_rows.append((row.number, row.actual_columns, row.text))
-        return "skip"
-
+def _read_binary_csv(data: bytes) -> pa.Table:
+    """Every field as bytes, no conversion: pyarrow raises on a line without 40 fields."""
     return pa_csv.read_csv(
         io.BytesIO(data),
         read_options=pa_csv.ReadOptions(
             column_names=list(RAW_COLUMNS), use_threads=False, block_size=max(len(data), 1 << 20)
         ),
         parse_options=pa_csv.ParseOptions(
-            delimiter="\t",
-            quote_char=False,
-            escape_char=False,
-            ignore_empty_lines=False,
-            invalid_row_handler=on_invalid_row,
+            delimiter="\t", quote_char=False, escape_char=False, ignore_empty_lines=False
         ),
         convert_options=pa_csv.ConvertOptions(
-            column_types=column_types, null_values=[""], strings_can_be_null=False
+            column_types=dict.fromkeys(RAW_COLUMNS, pa.binary()), strings_can_be_null=False
         ),
     )
 
 
-def _fast_types() -> dict[str, pa.DataType]:
-    return {
-        LABEL: pa.int8(),
-        **{name: pa.int64() for name in DENSE_COLUMNS},
-        **{name: pa.binary() for name in SPARSE_COLUMNS},
-    }
+def _has_lone_carriage_return(data: bytes) -> bool:
+    r"""True when a `\r` is not part of a line ending: pyarrow would end a line there."""
+    # `in` and `count` are single C passes over the chunk (memchr-fast), a few percent of the parse.
+    if b"\r" not in data:
+        return False
+    return data.count(b"\r") - data.count(b"\r\n") - data.endswith(b"\r") > 0
 
 
-def _cast_with_errors(column: pa.Array, target: pa.DataType) -> tuple[pa.Array, np.ndarray]:
-    """Casts a binary column the way the CSV reader would, nulling values it would reject.
+def parse_integers(array: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Reads a binary column of integers by the module's rules, without pyarrow's leniency.
 
-    Only used on the slow path: the bad values are rare, so each failing value is found by casting
-    the halves of the failing range until the culprits are isolated.
+    Returns:
+        (values, invalid): int64 values, null where missing (empty) or invalid, and a bool mask of the
+        entries that are not integers.
     """
-    text = pc.utf8_trim_whitespace(pc.cast(column, pa.string(), safe=False))
-    failed = np.zeros(len(column), bool)
+    offsets, data = _offsets_and_data(array)
+    lengths = np.diff(offsets)
+    starts = offsets[:-1]
+    # Non-digit bytes per value, from a running count over the column's bytes (one pass, no gather).
+    non_digit = np.zeros(len(data) + 1, np.int32)
+    np.cumsum((data - np.uint8(48)) > 9, out=non_digit[1:])
+    non_digits = non_digit[offsets[1:]] - non_digit[starts]
+    present = lengths > 0
+    minus = np.zeros(len(array), bool)
+    minus[present] = data[starts[present]] == ord("-")
+    valid = ~present | (non_digits == 0) | ((non_digits == 1) & minus & (lengths >= 2))
+    # Up to 18 digits always fits in int64; longer ones (rare: leading zeros or a real overflow) are
+    # checked one by one.
+    for row in np.flatnonzero(valid & (lengths - minus >= 19)):
+        value = int(data[starts[row] : offsets[row + 1]].tobytes())
+        valid[row] = -(1 << 63) <= value < (1 << 63)
+    invalid = ~valid
+    kept = pc.if_else(pa.array(valid & present), array, pa.scalar(None, pa.binary()))
+    return pc.cast(kept, pa.int64()), invalid
 
-    def mark(start: int, stop: int) -> None:
+
+@dataclass
+class _Fields:
+    """The raw fields, as bytes, of a chunk's lines that have 40 of them.
+
+    `table` has one row per such line; `lines` gives each row's 1-based line number in the chunk, and
+    `num_lines` counts every line of the chunk.
+    """
+
+    table: pa.Table
+    lines: np.ndarray
+    num_lines: int
+
+
+def _split_fields(data: bytes, bad: BadRows) -> _Fields:
+    r"""Splits a chunk into fields, recording the lines without 40 of them as `field_count` bad rows.
+
+    pyarrow's reader does it fastest, and agrees with the format when every line has 40 fields and no
+    `\r` stands alone; otherwise (it raises, or would split a line at that `\r`) the lines and fields
+    are counted with numpy and only the 40-field lines are handed to pyarrow.
+    """
+    if not data:
+        empty = pa.table({name: pa.array([], pa.binary()) for name in RAW_COLUMNS})
+        return _Fields(empty, np.zeros(0, np.int64), 0)
+    if not _has_lone_carriage_return(data):
         try:
-            pc.cast(text.slice(start, stop - start), target)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            if stop - start == 1:
-                failed[start] = True
-                return
-            middle = (start + stop) // 2
-            mark(start, middle)
-            mark(middle, stop)
+            table = _read_binary_csv(data)
+        except pa.ArrowInvalid:
+            pass
+        else:
+            # pyarrow reads an empty line as a row of empty fields: it has 1 field, not 40.
+            lines = np.arange(1, table.num_rows + 1, dtype=np.int64)
+            empty_lines = _empty_line_numbers(data)
+            if len(empty_lines):
+                for number in empty_lines:
+                    bad.add(int(number), "field_count", f"empty line, expected {NUM_FIELDS} fields")
+                keep = ~np.isin(lines, empty_lines)
+                table, lines = table.filter(pa.array(keep)), lines[keep]
+            return _Fields(table, lines, len(lines) + len(empty_lines))
+    return _fields_counted(data, bad)
 
-    mark(0, len(column))
-    cleaned = pc.if_else(pa.array(failed), pa.scalar(None, pa.string()), text)
-    empty = pc.equal(cleaned, "")
-    cleaned = pc.if_else(pc.fill_null(empty, False), pa.scalar(None, pa.string()), cleaned)
-    return pc.cast(cleaned, target), failed
+
+def _fields_counted(data: bytes, bad: BadRows) -> _Fields:
+    """Counts lines and fields with numpy, then reads the 40-field lines as bytes."""
+    buffer = np.frombuffer(data, np.uint8)
+    newlines = np.flatnonzero(buffer == 10)
+    ends = newlines if data.endswith(b"\n") else np.append(newlines, len(buffer))
+    starts = np.concatenate([[0], newlines + 1])[: len(ends)]
+    # One trailing carriage return per line is part of its line ending.
+    carriage = (ends > starts) & (buffer[np.maximum(ends - 1, 0)] == 13)
+    content_ends = ends - carriage
+    tabs = np.flatnonzero(buffer == 9)
+    fields = np.searchsorted(tabs, content_ends) - np.searchsorted(tabs, starts) + 1
+    good = fields == NUM_FIELDS
+    for index in np.flatnonzero(~good):
+        text = data[starts[index] : content_ends[index]]
+        detail = (
+            f"empty line, expected {NUM_FIELDS} fields"
+            if not text
+            else f"{fields[index]} fields, expected {NUM_FIELDS}: {_describe(text)}"
+        )
+        bad.add(int(index) + 1, "field_count", detail)
+    lines = np.flatnonzero(good) + 1
+    if not good.any():
+        return _Fields(_empty_raw_table(), lines, len(ends))
+    # The 40-field lines alone, each ending in one newline. Any other carriage return is inside a
+    # field, which it makes invalid either way: it becomes a NUL byte, at which pyarrow ends no line.
+    keep = np.repeat(good, np.diff(np.append(starts, len(buffer))))
+    keep[content_ends[good & carriage]] = False
+    clean = buffer[keep]
+    clean[clean == 13] = 0
+    clean = clean.tobytes()
+    if not clean.endswith(b"\n"):
+        clean += b"\n"
+    return _Fields(_read_binary_csv(clean), lines, len(ends))
+
+
+def _empty_raw_table() -> pa.Table:
+    return pa.table({name: pa.array([], pa.binary()) for name in RAW_COLUMNS})
 
 
 def _describe(value: bytes | None) -> str:
@@ -283,59 +371,26 @@ def parse_chunk(data: bytes, dense_transform: str = "log1p", multi_hot: bool = F
         The valid rows (`intermediate_schema` minus `line`) with their line numbers and the bad-row tally.
     """
     bad = BadRows()
-    empty_lines = _empty_line_numbers(data)
-    invalid_rows: list = []
-    slow_path = False
-    try:
-        table = _read_csv(data, _fast_types(), invalid_rows)
-    except pa.ArrowInvalid:
-        slow_path = True
-        invalid_rows = []
-        table = _read_csv(data, dict.fromkeys(RAW_COLUMNS, pa.binary()), invalid_rows)
+    fields = _split_fields(data, bad)
+    table, lines = fields.table, fields.lines
 
-    num_lines = table.num_rows + len(invalid_rows)
-    invalid_numbers = np.array([number for number, _, _ in invalid_rows], np.int64)
-    lines = np.setdiff1d(np.arange(1, num_lines + 1, dtype=np.int64), invalid_numbers, assume_unique=True)
-    for number, actual_columns, text in invalid_rows:
-        bad.add(
-            number,
-            "field_count",
-            f"{actual_columns} fields, expected {NUM_FIELDS}: {_describe(text.encode())}",
-        )
-
-    rejected = np.zeros(table.num_rows, bool)
-    if len(empty_lines):
-        is_empty = np.isin(lines, empty_lines)
-        for number in lines[is_empty]:
-            bad.add(int(number), "field_count", f"empty line, expected {NUM_FIELDS} fields")
-        rejected |= is_empty
-
-    label_column = table.column(LABEL).combine_chunks()
-    if slow_path:
-        label_column, _ = _cast_with_errors(label_column, pa.int8())
-    label_values = label_column.to_numpy(zero_copy_only=False)
-    label_missing = np.asarray(label_column.is_null().to_numpy(zero_copy_only=False))
-    bad_label = ~rejected & (
-        label_missing | ((np.nan_to_num(label_values, nan=-1) != 0) & (label_values != 1))
-    )
     raw_labels = table.column(LABEL).combine_chunks()
+    label_column, label_invalid = parse_integers(raw_labels)
+    label_values = pc.fill_null(label_column, -1).to_numpy(zero_copy_only=False)
+    bad_label = label_invalid | ((label_values != 0) & (label_values != 1))
     for row in np.flatnonzero(bad_label):
-        shown = raw_labels[row].as_py()
-        shown = shown if isinstance(shown, bytes) else str(shown).encode() if shown is not None else b""
-        bad.add(int(lines[row]), "label", f"label {_describe(shown)} is not 0 or 1")
-    rejected |= bad_label
+        bad.add(int(lines[row]), "label", f"label {_describe(raw_labels[row].as_py())} is not 0 or 1")
+    rejected = bad_label.copy()
 
     dense_columns = []
     for name in DENSE_COLUMNS:
-        column = table.column(name).combine_chunks()
-        if slow_path:
-            raw_column = column
-            column, failed = _cast_with_errors(column, pa.int64())
-            for row in np.flatnonzero(failed & ~rejected):
-                bad.add(
-                    int(lines[row]), "dense", f"{name}={_describe(raw_column[row].as_py())} is not an integer"
-                )
-            rejected |= failed
+        raw_column = table.column(name).combine_chunks()
+        column, failed = parse_integers(raw_column)
+        for row in np.flatnonzero(failed & ~rejected):
+            bad.add(
+                int(lines[row]), "dense", f"{name}={_describe(raw_column[row].as_py())} is not an integer"
+            )
+        rejected |= failed
         dense_columns.append(transform_dense(column, dense_transform))
 
     sparse_columns = []
@@ -352,7 +407,7 @@ def parse_chunk(data: bytes, dense_transform: str = "log1p", multi_hot: bool = F
         rejected |= invalid
         sparse_columns.append(values)
 
-    labels = pa.array(np.nan_to_num(label_values, nan=0).astype(np.int8))
+    labels = pa.array(np.where(bad_label, 0, label_values).astype(np.int8))
     result = pa.Table.from_arrays(
         [labels, *dense_columns, *sparse_columns], schema=intermediate_schema(multi_hot).remove(0)
     )
@@ -361,4 +416,4 @@ def parse_chunk(data: bytes, dense_transform: str = "log1p", multi_hot: bool = F
         result = result.filter(pa.array(keep))
         lines = lines[keep]
     bad.examples.sort()
-    return ParsedChunk(table=result, lines=lines, num_lines=num_lines, bad=bad)
+    return ParsedChunk(table=result, lines=lines, num_lines=fields.num_lines, bad=bad)

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests: deterministic in CI (derandomized, no example database, so every run checks the same
+# inputs); `make fuzz` (HYPOTHESIS_PROFILE=fuzz) draws fresh random inputs, many more of them.
+_RELAXED = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile(
+    "ci", max_examples=120, derandomize=True, database=None, deadline=None, suppress_health_check=_RELAXED
+)
+settings.register_profile("fuzz", max_examples=20_000, deadline=None, suppress_health_check=_RELAXED)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = REPO_ROOT.parent / "shared" / "data" / "criteo" / "kaggle_train_head8k.tsv"

@@ -80,16 +80,49 @@ def test_each_bad_row_reason_is_counted_with_its_line(bad_line, reason, detail):
     assert detail in got_detail
 
 
-def test_slow_path_keeps_the_good_rows_values():
-    good = tsv_line(dense=["1382"] + ["0x10"] + [" 5"] + ["1"] * 10)
+def test_a_bad_line_leaves_the_other_rows_and_their_missing_values_alone():
+    good = tsv_line(dense=["1382", "", "-5", *["1"] * 10])
     data = "\n".join([good, tsv_line(dense=["oops"] + ["1"] * 12), good]).encode()
     parsed = parse_chunk(data)
-    assert parsed.bad.counts["dense"] == 1
+    assert parsed.bad.counts == {"field_count": 0, "label": 0, "dense": 1, "categorical": 0}
     first = parsed.table.to_pylist()[0]
     assert first["I1"] == pytest.approx(math.log1p(1382), rel=1e-6)
-    assert first["I2"] == pytest.approx(math.log1p(16), rel=1e-6)
-    assert first["I3"] == pytest.approx(math.log1p(5), rel=1e-6)
+    assert first["I2"] == 0.0 and first["I3"] == 0.0
     assert parsed.lines.tolist() == [1, 3]
+
+
+@pytest.mark.parametrize("value", ["0x10", " 5", "5 ", "+5", "1e3", "9223372036854775808"])
+def test_integers_are_decimal_only_whatever_pyarrow_would_accept(value):
+    parsed = parse_chunk((tsv_line(dense=[value] + ["1"] * 12) + "\n").encode())
+    assert parsed.bad.counts["dense"] == 1
+    assert parsed.bad.examples[0][2].startswith("I1=")
+
+
+def test_integers_at_the_int64_limits_and_with_leading_zeros_are_kept():
+    dense = ["9223372036854775807", "-9223372036854775808", "0000000000000000000000007", *["1"] * 10]
+    parsed = parse_chunk((tsv_line(dense=dense) + "\n").encode(), dense_transform="none")
+    row = parsed.table.to_pylist()[0]
+    assert parsed.bad.total == 0
+    assert (row["I1"], row["I2"], row["I3"]) == (float(np.float32(2.0**63)), -(2.0**63), 7.0)
+
+
+def test_a_lone_carriage_return_does_not_split_a_line():
+    data = (tsv_line(sparse=["0a\r0b"] + ["01"] * 25) + "\n" + tsv_line()).encode()
+    parsed = parse_chunk(data)
+    assert parsed.num_lines == 2
+    assert parsed.bad.counts["categorical"] == 1
+    assert parsed.lines.tolist() == [2]
+
+
+def test_non_utf8_bytes_are_a_bad_row_not_a_crash():
+    data = b"1\t\xff\xfe\n" + tsv_line().encode()
+    parsed = parse_chunk(data)
+    assert (parsed.num_lines, parsed.bad.counts["field_count"], parsed.table.num_rows) == (2, 1, 1)
+
+
+def test_an_empty_chunk_has_no_lines():
+    parsed = parse_chunk(b"")
+    assert (parsed.num_lines, parsed.table.num_rows, parsed.bad.total) == (0, 0, 0)
 
 
 def test_accounting_holds_on_a_mixed_chunk():
