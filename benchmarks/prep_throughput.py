@@ -1,15 +1,29 @@
-"""Throughput and memory of `dlrm-prep criteo`, against baselines measured in the same run.
+"""Throughput and memory of `dlrm-prep criteo` on differently shaped data, against baselines measured in
+the same run.
 
-  baseline 1: pyarrow's bare CSV parse of the same files (single-threaded, typed columns, nothing else):
-              the floor of any pipeline that reads this text.
-  baseline 2: a straightforward pandas implementation (read_csv in chunks, fillna/log1p, int(x, 16) % N,
-              to_parquet), on a prefix of the data because it is slow.
+Datasets (each 4 day files, `--layout terabyte`):
+  synthetic    `data_prep.synth.generate`: the project's click model, Kaggle-like cardinalities capped at
+               100k, Lomax integers.
+  criteo-like  `criteo_like.generate`: missing rates, integer values and categorical popularity (a heavy
+               Zipf tail, up to 40k values a column) measured from the real Criteo sample; skipped, with a
+               message, when the sample is absent.
+  multi-hot    `synth.generate` with MLPerf DLRMv2's bag sizes (214 values a row when all present),
+               prepared with `--multi-hot`; 1/20 of `--rows`, its lines are ~9x longer.
 
-Prints rows/s per core of each, the ratios (targets: hash >= 0.40 x bare parse, vocab >= 0.25 x), the
-peak resident memory of the whole process tree (target < 2 GB), and the peak again on an input 4x as
-large (target: flat). Usage:
+Baselines:
+  bare parse   pyarrow's single-threaded CSV parse of the same files, typed columns (label int8,
+               integers int64, categoricals as strings), nothing else: the floor of any pipeline that
+               reads this text. Measured before, between and after the prep runs of a dataset, the
+               median is the baseline (the machine may be shared), its spread is printed.
+  pandas       a straightforward pandas script (read_csv in chunks, fillna/log1p, int(x, 16) % N,
+               to_parquet), on a prefix of the one-hot data because it is slow.
 
-    .venv/bin/python benchmarks/prep_throughput.py [--rows 2000000] [--workdir /tmp/prep-bench]
+Prints per dataset: rows/s and rows/s per core of each run, the ratio to bare parse per core (targets with
+one worker: hash >= 0.40 and vocab >= 0.25 one-hot, hash >= 0.10 multi-hot), the peak resident memory of
+the whole process tree, the peak again on an input 4x as large (target: flat), and where the time of a
+one-worker run goes (from a separate cProfile run, see `prep_measure`). Usage:
+
+    .venv/bin/python benchmarks/prep_throughput.py [--rows 1000000] [--datasets synthetic,criteo-like,multi-hot]
 """
 
 from __future__ import annotations
@@ -17,88 +31,47 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
+import statistics
 import sys
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import criteo_like
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pa_csv
+from prep_measure import STAGE_HELP, bare_parse, run_measured, stage_seconds
 
-from data_prep.schema import DENSE_COLUMNS, LABEL, RAW_COLUMNS, SPARSE_COLUMNS
-from data_prep.synth import generate
+from data_prep.schema import DENSE_COLUMNS, RAW_COLUMNS, SPARSE_COLUMNS
+from data_prep.synth import MLPERF_MULTI_HOT_SIZES
+from data_prep.synth import generate as synth_generate
 
 DAYS = 4
+MULTI_HOT_ROW_DIVISOR = 20
+ENCODINGS = {"hash": ["--hash-buckets", "1000000"], "vocab": ["--vocab-min-count", "2"]}
+TARGETS = {("one-hot", "hash"): 0.40, ("one-hot", "vocab"): 0.25, ("multi-hot", "hash"): 0.10}
 
 
-def _tree_rss_bytes(root: int) -> int:
-    """Resident memory of `root` and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                children.setdefault(int(fields[1]), []).append(int(entry))
-            except (OSError, IndexError):
-                continue
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except OSError:
-            continue
-    return total
+def _synthetic(out: Path, rows: int, seed: int) -> list[Path]:
+    synth_generate(out, days=DAYS, rows_per_day=rows // DAYS, seed=seed, progress=False)
+    return sorted(out.glob("day_?"))
 
 
-def run_measured(command: list[str]) -> tuple[float, int]:
-    """Runs a command; returns (seconds, peak resident bytes of its process tree, sampled every 20 ms)."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, _tree_rss_bytes(process.pid))
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    _, stderr = process.communicate()
-    stop.set()
-    sampler.join()
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{stderr.decode()[-2000:]}")
-    return time.perf_counter() - started, peak
+def _multi_hot(out: Path, rows: int, seed: int) -> list[Path]:
+    synth_generate(
+        out,
+        days=DAYS,
+        rows_per_day=rows // DAYS,
+        seed=seed,
+        multi_hot_sizes=MLPERF_MULTI_HOT_SIZES,
+        progress=False,
+    )
+    return sorted(out.glob("day_?"))
 
 
-def bare_parse(files: list[Path]) -> tuple[float, int]:
-    rows, started = 0, time.perf_counter()
-    for path in files:
-        reader = pa_csv.open_csv(
-            str(path),
-            read_options=pa_csv.ReadOptions(
-                column_names=list(RAW_COLUMNS), use_threads=False, block_size=16 << 20
-            ),
-            parse_options=pa_csv.ParseOptions(delimiter="\t", quote_char=False),
-            convert_options=pa_csv.ConvertOptions(
-                column_types={
-                    LABEL: pa.int8(),
-                    **dict.fromkeys(DENSE_COLUMNS, pa.int64()),
-                    **dict.fromkeys(SPARSE_COLUMNS, pa.string()),
-                }
-            ),
-        )
-        rows += sum(batch.num_rows for batch in reader)
-    return time.perf_counter() - started, rows
+def _criteo_like(out: Path, rows: int, seed: int) -> list[Path]:
+    stats = criteo_like.measure()
+    return criteo_like.generate(out, days=DAYS, rows_per_day=rows // DAYS, seed=seed, stats=stats)
 
 
 def pandas_baseline(path: Path, rows: int, out: Path, buckets: int) -> float:
@@ -115,7 +88,7 @@ def pandas_baseline(path: Path, rows: int, out: Path, buckets: int) -> float:
     return time.perf_counter() - started
 
 
-def prep_command(inputs: Path, out: Path, encoding: list[str], workers: int) -> list[str]:
+def prep_command(inputs: Path, out: Path, options: list[str], workers: int) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -127,73 +100,127 @@ def prep_command(inputs: Path, out: Path, encoding: list[str], workers: int) -> 
         str(out),
         "--layout",
         "terabyte",
-        *encoding,
+        *options,
         "--workers",
         str(workers),
         "--no-progress",
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=2_000_000, help="synthetic rows in all (default 2M)")
-    parser.add_argument("--workdir", default="/tmp/prep-bench", help="scratch directory (deleted at the end)")
-    parser.add_argument("--skip-4x", action="store_true", help="skip the 4x-input memory check")
-    args = parser.parse_args(argv)
-    work = Path(args.workdir)
-    shutil.rmtree(work, ignore_errors=True)
-    small, large = work / "input", work / "input4x"
-    generate(small, days=DAYS, rows_per_day=args.rows // DAYS, seed=1, progress=False)
-    files = sorted(small.glob("day_?"))
+def _row(label: str, workers: int, rate: float, ratio: float, peak: str) -> str:
+    return f"  {label:<34}{workers:>8}{rate:>12,.0f}{rate / workers:>13,.0f}{ratio:>9.2f}{peak:>10}"
+
+
+def bench_dataset(
+    name: str, make: Callable[[Path, int, int], list[Path]], rows: int, work: Path, args: argparse.Namespace
+) -> list[tuple[str, float, float]]:
+    """Measures one dataset; returns (target name, ratio, target) of its one-worker runs."""
+    kind = "multi-hot" if name == "multi-hot" else "one-hot"
+    flags = ["--multi-hot"] if kind == "multi-hot" else []
+    encodings = {"hash": ENCODINGS["hash"]} if kind == "multi-hot" else ENCODINGS
+    inputs = work / name
+    files = make(inputs, rows, 1)
     input_bytes = sum(path.stat().st_size for path in files)
     print(
-        f"input: {args.rows:,} synthetic rows, {input_bytes / 1e9:.2f} GB in {DAYS} days; {os.cpu_count()} cores"
+        f"\n== {name}: {rows:,} rows, {input_bytes / 1e9:.2f} GB in {DAYS} days, {input_bytes / rows:.0f} B/row"
     )
 
-    bare_seconds, rows = bare_parse(files)
-    bare_rate = rows / bare_seconds
-    print(f"{'pipeline':<34}{'workers':>8}{'rows/s':>12}{'rows/s/core':>13}{'vs bare':>9}{'peak RSS':>10}")
-    print(f"{'pyarrow bare CSV parse':<34}{1:>8}{bare_rate:>12,.0f}{bare_rate:>13,.0f}{1.0:>9.2f}{'-':>10}")
-    pandas_rows = min(200_000, rows)
-    pandas_rate = pandas_rows / pandas_baseline(files[0], pandas_rows, work / "pandas", 1_000_000)
-    print(
-        f"{'pandas straightforward (prefix)':<34}{1:>8}{pandas_rate:>12,.0f}{pandas_rate:>13,.0f}{pandas_rate / bare_rate:>9.2f}{'-':>10}"
-    )
+    bare_rates: list[float] = []
 
-    encodings = {"hash": ["--hash-buckets", "1000000"], "vocab": ["--vocab-min-count", "2"]}
-    targets = {"hash": 0.40, "vocab": 0.25}
-    results = {}
-    for name, encoding in encodings.items():
-        for workers in sorted({1, min(2, os.cpu_count() or 1)}):
-            out = work / f"out-{name}-{workers}"
-            seconds, peak = run_measured(prep_command(small, out, encoding, workers))
-            per_core = rows / seconds / workers
-            results[(name, workers)] = (per_core, peak)
-            print(
-                f"{'dlrm-prep criteo ' + name:<34}{workers:>8}{rows / seconds:>12,.0f}{per_core:>13,.0f}"
-                f"{per_core / bare_rate:>9.2f}{peak / 2**30:>9.2f}G"
-            )
+    def measure_bare() -> None:
+        seconds, parsed = bare_parse(files)
+        bare_rates.append(parsed / seconds)
+
+    runs = []
+    workers_list = sorted({1, min(2, os.cpu_count() or 1)})
+    measure_bare()
+    for encoding, options in encodings.items():
+        for workers in workers_list:
+            out = work / f"out-{name}-{encoding}-{workers}"
+            seconds, peak = run_measured(prep_command(inputs, out, [*options, *flags], workers))
+            runs.append((encoding, workers, rows / seconds, peak))
             shutil.rmtree(out)
-    print()
-    for name, target in targets.items():
-        ratio = results[(name, 1)][0] / bare_rate
-        print(
-            f"{name}: {ratio:.2f} x bare parse per core (target >= {target:.2f}): {'PASS' if ratio >= target else 'FAIL'}"
-        )
-    peak = max(p for _, p in results.values())
-    print(f"peak RSS {peak / 2**30:.2f} GiB (target < 2 GiB): {'PASS' if peak < 2**31 else 'FAIL'}")
+            measure_bare()
+    bare_rate = statistics.median(bare_rates)
+    print(f"  {'pipeline':<34}{'workers':>8}{'rows/s':>12}{'rows/s/core':>13}{'vs bare':>9}{'peak RSS':>10}")
+    spread = f"{min(bare_rates) / bare_rate:.2f}..{max(bare_rates) / bare_rate:.2f}"
+    print(_row(f"pyarrow bare parse (x{len(bare_rates)}: {spread})", 1, bare_rate, 1.0, "-"))
+    if kind == "one-hot":
+        pandas_rows = min(200_000, rows // DAYS)
+        pandas_rate = pandas_rows / pandas_baseline(files[0], pandas_rows, work / "pandas", 1_000_000)
+        shutil.rmtree(work / "pandas")
+        print(_row("pandas straightforward (prefix)", 1, pandas_rate, pandas_rate / bare_rate, "-"))
+    results = []
+    for encoding, workers, rate, peak in runs:
+        ratio = rate / workers / bare_rate
+        print(_row(f"dlrm-prep criteo {encoding}", workers, rate, ratio, f"{peak / 2**30:.2f}G"))
+        if workers == 1:
+            results.append((f"{name} {encoding}", ratio, TARGETS[(kind, encoding)]))
+
+    if not args.skip_breakdown:
+        print("  where a 1-worker run's time goes (a cProfile run of the same command):")
+        for encoding, options in encodings.items():
+            out = work / f"profile-{name}-{encoding}"
+            seconds = stage_seconds(prep_command(inputs, out, [*options, *flags], 1), work / "prep.prof")
+            shutil.rmtree(out)
+            total = seconds.pop("total")
+            shares = "  ".join(
+                f"{stage} {value / total:.0%}" for stage, value in seconds.items() if value > 0
+            )
+            print(f"    {encoding:<6} {total:5.1f} s: {shares}")
 
     if not args.skip_4x:
-        generate(large, days=DAYS, rows_per_day=4 * args.rows // DAYS, seed=2, progress=False)
-        for name, encoding in encodings.items():
-            workers = min(2, os.cpu_count() or 1)
-            seconds, peak_4x = run_measured(prep_command(large, work / f"out4x-{name}", encoding, workers))
-            base = results[(name, workers)][1]
+        large = work / f"{name}-4x"
+        make(large, 4 * rows, 2)
+        workers = workers_list[-1]
+        for encoding, options in encodings.items():
+            out = work / f"out4x-{name}-{encoding}"
+            seconds, peak_4x = run_measured(prep_command(large, out, [*options, *flags], workers))
+            shutil.rmtree(out)
+            base = next(peak for e, w, _, peak in runs if e == encoding and w == workers)
             print(
-                f"{name}: 4x input ({4 * rows:,} rows) peak RSS {peak_4x / 2**30:.2f} GiB vs {base / 2**30:.2f} GiB "
-                f"(ratio {peak_4x / base:.2f}; flat means about 1), {4 * rows / seconds:,.0f} rows/s"
+                f"  {encoding}, {workers} workers, 4x input ({4 * rows:,} rows): peak RSS {peak_4x / 2**30:.2f} GiB vs "
+                f"{base / 2**30:.2f} GiB (ratio {peak_4x / base:.2f}; flat means about 1), {4 * rows / seconds:,.0f} rows/s"
             )
-            shutil.rmtree(work / f"out4x-{name}")
+        shutil.rmtree(large)
+    shutil.rmtree(inputs)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="one-hot rows per dataset (default 1M)")
+    parser.add_argument(
+        "--datasets", default="synthetic,criteo-like,multi-hot", help="comma-separated, of the three above"
+    )
+    parser.add_argument("--workdir", default="/tmp/prep-bench", help="scratch directory (deleted at the end)")
+    parser.add_argument("--skip-4x", action="store_true", help="skip the 4x-input memory check")
+    parser.add_argument("--skip-breakdown", action="store_true", help="skip the profiled run per encoding")
+    args = parser.parse_args(argv)
+    makers = {"synthetic": _synthetic, "criteo-like": _criteo_like, "multi-hot": _multi_hot}
+    names = [name.strip() for name in args.datasets.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(makers))
+    if unknown:
+        parser.error(f"--datasets: unknown {', '.join(unknown)} (known: {', '.join(makers)})")
+    if "criteo-like" in names and not criteo_like.SAMPLE_PATH.exists():
+        print(f"criteo-like: skipped, the real sample {criteo_like.SAMPLE_PATH} is absent")
+        names.remove("criteo-like")
+    elif "criteo-like" in names:
+        print(
+            f"criteo-like, measured from {criteo_like.SAMPLE_PATH}: {criteo_like.describe(criteo_like.measure())}"
+        )
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"{os.cpu_count()} cores; the same text is parsed bare before, between and after the prep runs")
+    print(f"stages of the time breakdown: {STAGE_HELP}")
+    results = []
+    for name in names:
+        rows = args.rows // MULTI_HOT_ROW_DIVISOR if name == "multi-hot" else args.rows
+        results.extend(bench_dataset(name, makers[name], rows, work, args))
+    print()
+    for label, ratio, target in results:
+        verdict = "PASS" if ratio >= target else "FAIL"
+        print(f"{label}: {ratio:.2f} x bare parse, 1 worker (target >= {target:.2f}): {verdict}")
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
