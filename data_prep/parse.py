@@ -127,7 +127,8 @@ def _all_hex_digits(raw: np.ndarray) -> np.ndarray:
 
 
 def _offsets_and_data(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    offsets = np.frombuffer(array.buffers()[1], np.int32)[array.offset : array.offset + len(array) + 1]
+    offset_type = np.int64 if pa.types.is_large_binary(array.type) else np.int32
+    offsets = np.frombuffer(array.buffers()[1], offset_type)[array.offset : array.offset + len(array) + 1]
     data_buffer = array.buffers()[2]
     data = np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
     return offsets, data
@@ -193,14 +194,33 @@ def decode_hex_bags(array: pa.Array) -> tuple[pa.ListArray, np.ndarray]:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values[kept])), invalid
 
 
-def transform_dense(column: pa.Array, dense_transform: str) -> pa.Array:
-    """Missing -> 0; with `log1p`, negatives -> 0 then log(1 + x); through float64, then float32."""
+def _log1p_float32(values: np.ndarray) -> np.ndarray:
+    """float32(log1p(float64(v))) of int64 values, computed by pyarrow (the cleaning's one definition)."""
     # Unsafe casts: a safe int64 -> float cast refuses values beyond 2**53 (2**24 for float32), which
     # are valid integers here; rounding them to the nearest float is the intended cleaning.
-    filled = pc.cast(pc.fill_null(column, 0), pa.float64(), safe=False)
-    if dense_transform == "log1p":
-        filled = pc.log1p(pc.max_element_wise(filled, 0.0))
-    return pc.cast(filled, pa.float32(), safe=False)
+    as_float = pc.cast(pa.array(values), pa.float64(), safe=False)
+    return pc.cast(pc.log1p(as_float), pa.float32(), safe=False).to_numpy()
+
+
+# Criteo's counts are mostly small: their log1p is looked up instead of computed, the table built with
+# the very computation it replaces, so the cleaned values are the same bits.
+_LOG1P_TABLE_SIZE = 1 << 16
+_LOG1P_TABLE = _log1p_float32(np.arange(_LOG1P_TABLE_SIZE, dtype=np.int64))
+_LOG1P_TABLE.flags.writeable = False
+
+
+def clean_dense(values: np.ndarray, dense_transform: str) -> np.ndarray:
+    """int64 values (missing already 0) to float32: with `log1p`, negatives -> 0 then log(1 + x), in
+    float64; with `none`, the value itself through float64."""
+    if dense_transform != "log1p":
+        as_float = pc.cast(pa.array(values), pa.float64(), safe=False)
+        return pc.cast(as_float, pa.float32(), safe=False).to_numpy()
+    # Negatives clip to index 0, and log1p(max(x, 0)) is log1p(0) = 0 for them.
+    cleaned = _LOG1P_TABLE[np.clip(values, 0, _LOG1P_TABLE_SIZE - 1)]
+    large = values >= _LOG1P_TABLE_SIZE
+    if large.any():
+        cleaned[large] = _log1p_float32(values[large])
+    return cleaned
 
 
 def _empty_line_numbers(data: bytes) -> np.ndarray:
@@ -239,12 +259,12 @@ def _has_lone_carriage_return(data: bytes) -> bool:
     return data.count(b"\r") - data.count(b"\r\n") - data.endswith(b"\r") > 0
 
 
-def parse_integers(array: pa.Array) -> tuple[pa.Array, np.ndarray]:
+def parse_integers(array: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Reads a binary column of integers by the module's rules, without pyarrow's leniency.
 
     Returns:
-        (values, invalid): int64 values, null where missing (empty) or invalid, and a bool mask of the
-        entries that are not integers.
+        (values, present, invalid): int64 values, 0 where missing (empty) or invalid, a bool mask of
+        the non-empty entries and one of the entries that are not integers.
     """
     offsets, data = _offsets_and_data(array)
     lengths = np.diff(offsets)
@@ -254,17 +274,37 @@ def parse_integers(array: pa.Array) -> tuple[pa.Array, np.ndarray]:
     np.cumsum((data - np.uint8(48)) > 9, out=non_digit[1:])
     non_digits = non_digit[offsets[1:]] - non_digit[starts]
     present = lengths > 0
+    # A leading minus only matters for the values with exactly one non-digit byte (few): look only there.
+    one_non_digit = np.flatnonzero(non_digits == 1)
     minus = np.zeros(len(array), bool)
-    minus[present] = data[starts[present]] == ord("-")
-    valid = ~present | (non_digits == 0) | ((non_digits == 1) & minus & (lengths >= 2))
+    minus[one_non_digit] = data[starts[one_non_digit]] == ord("-")
+    valid = ~present | (non_digits == 0) | (minus & (lengths >= 2))
     # Up to 18 digits always fits in int64; longer ones (rare: leading zeros or a real overflow) are
     # checked one by one.
     for row in np.flatnonzero(valid & (lengths - minus >= 19)):
         value = int(data[starts[row] : offsets[row + 1]].tobytes())
         valid[row] = -(1 << 63) <= value < (1 << 63)
-    invalid = ~valid
-    kept = pc.if_else(pa.array(valid & present), array, pa.scalar(None, pa.binary()))
-    return pc.cast(kept, pa.int64()), invalid
+    kept = pc.if_else(pa.array(valid & present), array, pa.scalar(None, array.type))
+    values = pc.fill_null(pc.cast(kept, pa.int64()), 0).to_numpy()
+    return values, present, ~valid
+
+
+def _concat_binary(arrays: list[pa.Array]) -> pa.Array:
+    """One `large_binary` array of the values of several binary arrays, in order (one copy of the bytes).
+
+    Columns are validated together because the per-value work is the same and one call per column
+    costs more in numpy and pyarrow call overhead than the values themselves.
+    """
+    parts = [_offsets_and_data(array) for array in arrays]
+    datas = [data[offsets[0] : offsets[-1]] for offsets, data in parts]
+    bases = np.cumsum([0] + [len(data) for data in datas])
+    offsets = np.concatenate(
+        [np.zeros(1, np.int64)]
+        + [o[1:].astype(np.int64) - o[0] + base for (o, _), base in zip(parts, bases, strict=False)]
+    )
+    data = np.concatenate(datas) if datas else np.zeros(0, np.uint8)
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    return pa.Array.from_buffers(pa.large_binary(), len(offsets) - 1, buffers)
 
 
 @dataclass
@@ -298,7 +338,11 @@ def _split_fields(data: bytes, bad: BadRows) -> _Fields:
         else:
             # pyarrow reads an empty line as a row of empty fields: it has 1 field, not 40.
             lines = np.arange(1, table.num_rows + 1, dtype=np.int64)
-            empty_lines = _empty_line_numbers(data)
+            # Such a row has an empty label; when no row has one, there is no empty line and the
+            # byte search for them (as costly as validating all integers) is skipped.
+            label_offsets, _ = _offsets_and_data(table.column(LABEL).combine_chunks())
+            has_empty_label = (label_offsets[1:] == label_offsets[:-1]).any()
+            empty_lines = _empty_line_numbers(data) if has_empty_label else np.zeros(0, np.int64)
             if len(empty_lines):
                 for number in empty_lines:
                     bad.add(int(number), "field_count", f"empty line, expected {NUM_FIELDS} fields")
@@ -375,23 +419,23 @@ def parse_chunk(data: bytes, dense_transform: str = "log1p", multi_hot: bool = F
     table, lines = fields.table, fields.lines
 
     raw_labels = table.column(LABEL).combine_chunks()
-    label_column, label_invalid = parse_integers(raw_labels)
-    label_values = pc.fill_null(label_column, -1).to_numpy(zero_copy_only=False)
-    bad_label = label_invalid | ((label_values != 0) & (label_values != 1))
+    label_values, label_present, label_invalid = parse_integers(raw_labels)
+    bad_label = label_invalid | ~label_present | ((label_values != 0) & (label_values != 1))
     for row in np.flatnonzero(bad_label):
         bad.add(int(lines[row]), "label", f"label {_describe(raw_labels[row].as_py())} is not 0 or 1")
     rejected = bad_label.copy()
 
-    dense_columns = []
-    for name in DENSE_COLUMNS:
-        raw_column = table.column(name).combine_chunks()
-        column, failed = parse_integers(raw_column)
+    raw_dense = [table.column(name).combine_chunks() for name in DENSE_COLUMNS]
+    dense_values, _, dense_invalid = parse_integers(_concat_binary(raw_dense))
+    dense_values = clean_dense(dense_values, dense_transform).reshape(len(DENSE_COLUMNS), -1)
+    dense_invalid = dense_invalid.reshape(len(DENSE_COLUMNS), -1)
+    for name, raw_column, failed in zip(DENSE_COLUMNS, raw_dense, dense_invalid, strict=True):
         for row in np.flatnonzero(failed & ~rejected):
             bad.add(
                 int(lines[row]), "dense", f"{name}={_describe(raw_column[row].as_py())} is not an integer"
             )
         rejected |= failed
-        dense_columns.append(transform_dense(column, dense_transform))
+    dense_columns = [pa.array(column) for column in dense_values]
 
     sparse_columns = []
     for name in SPARSE_COLUMNS:
