@@ -41,25 +41,24 @@ STAGE_HELP = (
 )
 
 
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
 def _tree_rss_bytes(root: int) -> int:
-    """Resident memory of `root` and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                children.setdefault(int(fields[1]), []).append(int(entry))
-            except (OSError, IndexError):
-                continue
+    """Resident memory of `root` and all its descendants, from /proc.
+
+    Descendants are found through each thread's `children` file rather than by reading every process's
+    stat: the sampler runs next to the measured command on the same cores, and a scan of all of /proc
+    every 20 ms slowed the runs it measured by about 10%.
+    """
     total, stack = 0, [root]
     while stack:
         pid = stack.pop()
-        stack.extend(children.get(pid, []))
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except OSError:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE_BYTES
+            for thread in os.listdir(f"/proc/{pid}/task"):
+                stack.extend(int(c) for c in Path(f"/proc/{pid}/task/{thread}/children").read_text().split())
+        except (OSError, IndexError, ValueError):
             continue
     return total
 
