@@ -8,7 +8,7 @@ Datasets (each 4 day files, `--layout terabyte`):
                Zipf tail, up to 40k values a column) measured from the real Criteo sample; skipped, with a
                message, when the sample is absent.
   multi-hot    `synth.generate` with MLPerf DLRMv2's bag sizes (214 values a row when all present),
-               prepared with `--multi-hot`; 1/20 of `--rows`, its lines are ~9x longer.
+               prepared with `--multi-hot`; 1/10 of `--rows`, its lines are ~7x longer.
 
 Baselines:
   bare parse   pyarrow's single-threaded CSV parse of the same files, typed columns (label int8,
@@ -47,7 +47,7 @@ from data_prep.synth import MLPERF_MULTI_HOT_SIZES
 from data_prep.synth import generate as synth_generate
 
 DAYS = 4
-MULTI_HOT_ROW_DIVISOR = 20
+MULTI_HOT_ROW_DIVISOR = 10
 ENCODINGS = {"hash": ["--hash-buckets", "1000000"], "vocab": ["--vocab-min-count", "2"]}
 TARGETS = {("one-hot", "hash"): 0.40, ("one-hot", "vocab"): 0.25, ("multi-hot", "hash"): 0.10}
 
