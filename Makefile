@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint format bench clean
+.PHONY: setup demo test test-fast fuzz lint format bench clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,11 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not e2e and not distributed"
+
+# A long property-based campaign: the parser against its one-line-at-a-time reference, fresh random
+# inputs each run (CI runs the same properties derandomized, with few examples).
+fuzz: setup
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/unit/test_parse_reference.py
 
 lint: setup
 	$(BIN)/ruff check .
