@@ -354,8 +354,7 @@ def _split_fields(data: bytes, bad: BadRows) -> _Fields:
     are counted with numpy and only the 40-field lines are handed to pyarrow.
     """
     if not data:
-        empty = pa.table({name: pa.array([], pa.binary()) for name in RAW_COLUMNS})
-        return _Fields(empty, np.zeros(0, np.int64), 0)
+        return _Fields(_empty_raw_table(), np.zeros(0, np.int64), 0)
     if not _has_lone_carriage_return(data):
         try:
             table = _read_binary_csv(data)
