@@ -32,7 +32,7 @@ test-fast: setup
 # A long property-based campaign: the parser against its one-line-at-a-time reference, fresh random
 # inputs each run (CI runs the same properties derandomized, with few examples).
 fuzz: setup
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/unit/test_parse_reference.py
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/unit/test_parse_reference.py tests/unit/test_prep_reference.py
 
 lint: setup
 	$(BIN)/ruff check .

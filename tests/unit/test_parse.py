@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from data_prep.parse import decode_hex_column, parse_chunk
+from data_prep.hex_fields import decode_hex_column
+from data_prep.parse import parse_chunk
 from tests.conftest import tsv_line
 
 
