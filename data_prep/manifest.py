@@ -8,6 +8,11 @@ Version 2 added multi-hot data: `"multi_hot": true`, `list<int32>` categorical c
 planner's pooling factors). Only multi-hot manifests say version 2; one-hot ones still say 1 and read
 the same as before (`"multi_hot": false`), so a reader that predates multi-hot refuses list columns
 instead of misreading them, and still reads new one-hot data.
+
+Version 3 is any other feature schema (`dlrm-prep table`, `dlrm-prep movielens`): the manifest's
+`"features"` (see `data_prep.features`) names the label, dense and categorical columns, each table's
+size and kind. Criteo outputs keep versions 1 and 2 and carry `"features"` too; every reader goes by
+`FeatureSchema.from_manifest`, which also reads manifests written before `"features"` existed.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from data_prep.features import FeatureSchema, criteo_schema
 from data_prep.inputs import InputFile
-from data_prep.schema import DENSE_COLUMNS, LABEL, SPARSE_COLUMNS, SPLITS
+from data_prep.schema import SPLITS
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+MULTI_HOT_SCHEMA_VERSION = 2
 ONE_HOT_SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = (ONE_HOT_SCHEMA_VERSION, SCHEMA_VERSION)
+SUPPORTED_SCHEMA_VERSIONS = (ONE_HOT_SCHEMA_VERSION, MULTI_HOT_SCHEMA_VERSION, SCHEMA_VERSION)
 TOOL_NAME = "dlrm-prep"
 
 
@@ -49,11 +56,14 @@ def build_manifest(
     bad_counts: dict[str, int],
     bad_examples: list[dict[str, Any]],
     seconds: float,
+    features: FeatureSchema | None = None,
 ) -> dict[str, Any]:
     """Assembles the manifest; `rows_read == rows_written + bad_rows.total` holds by construction.
 
     `bag_lengths` (multi-hot data only, else None) holds the per-column "mean" and "max" bag length of
     the train split; the other arguments are what `data_prep.criteo.run` measured and decided.
+    `features` is the data set's schema (`data_prep.features`); None means Criteo's layout. A schema
+    other than Criteo's writes `SCHEMA_VERSION` 3: readers before it know only Criteo's columns.
     """
     rows_read = sum(file_lines)
     rows_written = sum(split["rows"] for split in splits.values())
@@ -63,8 +73,13 @@ def build_manifest(
             f"row accounting broken: read {rows_read} != written {rows_written} + bad {bad_total}; please report"
         )
     multi_hot = bag_lengths is not None
+    if features is None:
+        features = criteo_schema(num_embeddings, multi_hot, bag_lengths)
+        version = MULTI_HOT_SCHEMA_VERSION if multi_hot else ONE_HOT_SCHEMA_VERSION
+    else:
+        version = SCHEMA_VERSION
     return {
-        "schema_version": SCHEMA_VERSION if multi_hot else ONE_HOT_SCHEMA_VERSION,
+        "schema_version": version,
         "tool": {"name": TOOL_NAME, "version": tool_version()},
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(seconds, 3),
@@ -74,9 +89,14 @@ def build_manifest(
         "layout": options["layout"],
         "encoding": {**encoding, **({"vocab_files": vocab_files} if vocab_files else {})},
         "dense_transform": options["dense_transform"],
-        "columns": {"label": LABEL, "dense": list(DENSE_COLUMNS), "sparse": list(SPARSE_COLUMNS)},
-        "num_embeddings": num_embeddings,
-        "multi_hot": multi_hot,
+        "columns": {
+            "label": features.label,
+            "dense": list(features.dense),
+            "sparse": list(features.categorical_names),
+        },
+        "num_embeddings": list(features.num_embeddings),
+        "multi_hot": features.any_multi_hot,
+        "features": features.to_json(),
         **({"bag_lengths": bag_lengths} if multi_hot else {}),
         "rows_per_shard": options["rows_per_shard"],
         "row_group_rows": options["row_group_rows"],
@@ -132,11 +152,11 @@ def format_summary(manifest: dict[str, Any]) -> str:
         lines.append(f"  {example['where']}: {example['reason']}: {example['detail']}")
     sizes = manifest["num_embeddings"]
     lines.append(f"tables: {len(sizes)}, rows min {min(sizes):,} max {max(sizes):,} total {sum(sizes):,}")
-    if manifest.get("multi_hot"):
-        bags = manifest["bag_lengths"]
+    bags = [f for f in FeatureSchema.from_manifest(manifest).categorical if f.mean_bag_length is not None]
+    if bags:
         lines.append(
-            f"multi-hot bags (train): mean length {min(bags['mean']):g}..{max(bags['mean']):g}, "
-            f"longest {max(bags['max'])}"
+            f"multi-hot bags (train): mean length {min(f.mean_bag_length for f in bags):g}.."
+            f"{max(f.mean_bag_length for f in bags):g}, longest {max(f.max_bag_length or 0 for f in bags)}"
         )
     if "seconds" in manifest and manifest["seconds"] > 0:
         rate = manifest["rows_read"] / manifest["seconds"]
