@@ -89,7 +89,14 @@ def time_breakdown(prepared: Path, work: Path, steps: int) -> dict[str, float]:
         model, optimizer = trainer.model, trainer.optimizer
         batches = Prefetcher(
             iter_train_batches(
-                trainer.groups["train"], 0, 1, trainer.batch_size, 0, 0, cfg.data.shuffle_buffer
+                trainer.groups["train"],
+                0,
+                1,
+                trainer.batch_size,
+                0,
+                0,
+                cfg.data.shuffle_buffer,
+                features=trainer.features,
             ),
             cfg.data.prefetch_batches,
         )

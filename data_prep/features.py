@@ -28,7 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from data_prep.schema import DENSE_COLUMNS, LABEL, SPARSE_COLUMNS
+from data_prep.schema import DENSE_COLUMNS, LABEL
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,11 @@ class FeatureSchema:
             return cls.from_json(manifest["features"])
         sizes = [int(rows) for rows in manifest["num_embeddings"]]
         columns = manifest.get("columns", {})
-        sparse = columns.get("sparse", list(SPARSE_COLUMNS))
+        sparse = columns.get("sparse") or [f"C{index}" for index in range(1, len(sizes) + 1)]
+        if len(sparse) != len(sizes):
+            raise ValueError(
+                f"manifest: columns.sparse names {len(sparse)} columns but num_embeddings gives {len(sizes)} sizes"
+            )
         multi_hot = bool(manifest.get("multi_hot", False))
         bags = manifest.get("bag_lengths") if multi_hot else None
         categorical = tuple(

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_prep.schema import NUM_SPARSE
-
 SHARDING_TYPES = ("table_wise", "column_wise", "row_wise", "table_row_wise", "data_parallel")
 COMPUTE_KERNELS = ("dense", "fused", "fused_uvm", "fused_uvm_caching", "key_value")
 EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
@@ -41,22 +39,19 @@ def _require_choice(value: str, name: str, choices: tuple[str, ...]) -> None:
 
 
 def _require_per_table(values: list[int], name: str) -> None:
-    """Accepts an empty list (the field is unset) or one positive value per table C1..C26."""
-    if not values:
-        return
-    _require(
-        len(values) == NUM_SPARSE,
-        name,
-        f"needs one value per table C1..C{NUM_SPARSE} ({NUM_SPARSE} values), got {len(values)}",
-    )
+    """Accepts an empty list (the field is unset) or positive values, one per categorical feature.
+
+    How many features the data has is the manifest's to say; the trainer and `dlrm-plan` check the
+    count against it.
+    """
     for index, value in enumerate(values):
-        _require(value >= 1, name, f"C{index + 1} must be >= 1, got {value}")
+        _require(value >= 1, name, f"value {index + 1} (table {index + 1}) must be >= 1, got {value}")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     path: str = ""
-    """Directory written by `dlrm-prep criteo` (holds manifest.json and the train/val/test shards)."""
+    """Directory written by `dlrm-prep` (criteo, table, movielens or synth): manifest.json and the shards."""
     shuffle_buffer: int = 16384
     """Rows held in the per-rank shuffle buffer for training (0 turns row shuffling off)."""
     prefetch_batches: int = 8
@@ -82,11 +77,13 @@ class ModelConfig:
     max_table_rows: int = 0
     """Cap on each table's rows (0: the manifest's sizes). Must not be below what the data needs."""
     num_embeddings: list[int] = field(default_factory=list)
-    """Rows of each table C1..C26, as the recipe expects them (empty: take the manifest's sizes). When set,
-    the trainer stops unless the manifest has exactly these sizes; `dlrm-plan` plans with them."""
+    """Rows of each table, one per categorical feature in the data's order (C1..C26 for Criteo), as the
+    recipe expects them (empty: take the manifest's sizes). When set, the trainer stops unless the
+    manifest has exactly these sizes; `dlrm-plan` plans with them."""
     multi_hot_sizes: list[int] = field(default_factory=list)
-    """Ids per bag of each table C1..C26 (empty: one-hot). The planner's pooling factors, so that its plan
-    and memory and cost estimates see multi-hot input."""
+    """Ids per bag of each table, one per categorical feature in the data's order (empty: the manifest's
+    measured mean bag lengths, or one-hot). The planner's pooling factors, so that its plan and memory
+    and cost estimates see multi-hot input."""
     cross_layers: int = 3
     """Cross layers of `dcn` (vector weights) and `dlrm_dcnv2` (low-rank matrices); 3 as in MLPerf DLRMv2."""
     low_rank_dim: int = 512
@@ -119,7 +116,7 @@ class ModelConfig:
             _require(
                 not self.max_table_rows or rows <= self.max_table_rows,
                 "model.num_embeddings",
-                f"C{index + 1} has {rows:,} rows, above model.max_table_rows = {self.max_table_rows:,}",
+                f"table {index + 1} has {rows:,} rows, above model.max_table_rows = {self.max_table_rows:,}",
             )
         _require(self.cross_layers >= 1, "model.cross_layers", f"must be >= 1, got {self.cross_layers}")
         _require(self.low_rank_dim >= 1, "model.low_rank_dim", f"must be >= 1, got {self.low_rank_dim}")

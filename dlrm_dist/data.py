@@ -12,11 +12,13 @@ drops the few rows past the last full batch of the smallest rank.
 Evaluation: every row exactly once. Each rank runs the same number of batches, so the last batches
 are padded to full size with copies of a real row, and each batch carries how many of its rows count.
 
-Multi-hot data (the manifest says `"multi_hot": true`; the reader goes by what that means, shards
-whose categorical columns are `list<int32>` bags of ids): the rows' categorical part stays a pyarrow
-table, so shuffling, padding and batching are `take`/`slice`/`concat` on the bags, and the
-KeyedJaggedTensor is built key-major from the bag lengths and the concatenated ids. One-hot data keeps
-its numpy [26, B] fast path, every length 1.
+Which columns: the data set's feature schema (`data_prep.features.FeatureSchema`, from the manifest)
+names the label, the dense columns (any number, zero included) and the categorical ones, in order; the
+KeyedJaggedTensor's keys are the categorical names. When any categorical feature is multi-hot (a
+`list<int32>` bag of ids per row), the rows' categorical part stays a pyarrow table, so shuffling,
+padding and batching are `take`/`slice`/`concat` on the bags, and the KeyedJaggedTensor is built
+key-major from the bag lengths (1 for a one-hot column beside them) and the concatenated ids. All
+one-hot data keeps its numpy [F, B] fast path, every length 1.
 
 The reading, shuffling and batch assembly run in a background thread, `prefetch` batches ahead of
 the model; pyarrow and numpy release the GIL for the heavy parts.
@@ -39,7 +41,7 @@ import torch
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from data_prep.schema import DENSE_COLUMNS, LABEL, SPARSE_COLUMNS
+from data_prep.features import FeatureSchema
 
 
 @dataclass(frozen=True)
@@ -97,54 +99,66 @@ def _read_range(row_range: RowRange) -> pa.Table:
     return table.slice(row_range.start, row_range.stop - row_range.start)
 
 
-# One-hot: [26, B] int32 ids. Multi-hot: a table of the 26 `list<int32>` bag columns, one row per sample.
+# One-hot: [F, B] int32 ids. Any multi-hot: a table of the F categorical columns, one row per sample.
 Sparse = np.ndarray | pa.Table
-# (dense [B, 13] float32, sparse, labels [B] float32) of some rows.
+# (dense [B, num_dense] float32, sparse, labels [B] float32) of some rows.
 Columns = tuple[np.ndarray, Sparse, np.ndarray]
 
 
-def _columns(table: pa.Table) -> Columns:
-    dense = np.stack([table.column(name).to_numpy() for name in DENSE_COLUMNS], axis=1)
-    if pa.types.is_list(table.schema.field(SPARSE_COLUMNS[0]).type):
-        sparse = table.select(SPARSE_COLUMNS).combine_chunks()
+def _columns(table: pa.Table, features: FeatureSchema) -> Columns:
+    if features.dense:
+        dense = np.stack([table.column(name).to_numpy() for name in features.dense], axis=1)
     else:
-        sparse = np.stack([table.column(name).to_numpy() for name in SPARSE_COLUMNS], axis=0)
-    labels = table.column(LABEL).to_numpy().astype(np.float32)
+        dense = np.zeros((table.num_rows, 0), np.float32)
+    names = list(features.categorical_names)
+    if features.any_multi_hot:
+        sparse = table.select(names).combine_chunks()
+    else:
+        sparse = np.stack([table.column(name).to_numpy() for name in names], axis=0)
+    labels = table.column(features.label).to_numpy().astype(np.float32)
     return dense, sparse, labels
 
 
 def _multi_hot_features(bags: pa.Table) -> KeyedJaggedTensor:
-    """The KJT of a table of bag columns: key-major, so all of C1's bags for the batch, then C2's, ..."""
+    """The KJT of a table of categorical columns: key-major, all of the first column's bags, then the next.
+
+    A `list<int32>` column gives each row's bag; a one-hot `int32` column a bag of one id per row.
+    """
     lengths, values = [], []
-    for name in SPARSE_COLUMNS:
+    for name in bags.column_names:
         column = bags.column(name).combine_chunks()
-        lengths.append(pc.list_value_length(column).to_numpy())
-        values.append(column.flatten().to_numpy())
+        if pa.types.is_list(column.type):
+            lengths.append(pc.list_value_length(column).to_numpy())
+            values.append(column.flatten().to_numpy())
+        else:
+            lengths.append(np.ones(len(column), np.int32))
+            values.append(column.to_numpy())
     return KeyedJaggedTensor(
-        keys=list(SPARSE_COLUMNS),
+        keys=list(bags.column_names),
         values=torch.from_numpy(np.concatenate(values).astype(np.int64)),
         lengths=torch.from_numpy(np.concatenate(lengths).astype(np.int32)),
     )
 
 
-def make_batch(dense: np.ndarray, sparse: Sparse, labels: np.ndarray) -> Batch:
-    """Builds a `Batch` from [B, 13] dense, the sparse part of `Columns` and [B] labels.
+def make_batch(dense: np.ndarray, sparse: Sparse, labels: np.ndarray, keys: list[str]) -> Batch:
+    """Builds a `Batch` from [B, num_dense] dense, the sparse part of `Columns` and [B] labels.
 
     Args:
-        dense: [B, 13] dense features.
-        sparse: [26, B] one-hot ids, or a table of the 26 multi-hot bag columns with B rows.
+        dense: [B, num_dense] dense features.
+        sparse: [F, B] one-hot ids, or a table of the F categorical columns with B rows.
         labels: [B] labels.
+        keys: the F categorical feature names (the KJT's keys), in the order of `sparse`.
 
     Returns:
         The batch; its KeyedJaggedTensor has one bag per (key, sample), key-major, of length 1 for
-        one-hot data and the bag's length for multi-hot data.
+        one-hot features and the bag's length for multi-hot ones.
     """
     if isinstance(sparse, pa.Table):
-        sparse_features = _multi_hot_features(sparse)
+        sparse_features = _multi_hot_features(sparse.select(keys))
     else:
         num_features, batch_size = sparse.shape
         sparse_features = KeyedJaggedTensor(
-            keys=list(SPARSE_COLUMNS),
+            keys=list(keys),
             values=torch.from_numpy(np.ascontiguousarray(sparse).reshape(-1).astype(np.int64)),
             lengths=torch.ones(num_features * batch_size, dtype=torch.int32),
         )
@@ -192,6 +206,8 @@ def iter_train_batches(
     seed: int,
     epoch: int,
     shuffle_buffer: int,
+    *,
+    features: FeatureSchema,
 ) -> Iterator[Batch]:
     """This rank's training batches of one epoch, in a deterministic shuffled order.
 
@@ -203,15 +219,17 @@ def iter_train_batches(
         seed: with `epoch` and `rank`, what the row-group permutation and the shuffle buffer draw from.
         epoch: the epoch.
         shuffle_buffer: rows kept back and mixed with each new row group (0: no row shuffle).
+        features: the data set's schema: which columns to read.
     """
     steps = train_steps_per_epoch(groups, world_size, batch_size)
+    keys = list(features.categorical_names)
     rng = np.random.default_rng([seed, epoch, rank])
     ranges = rank_row_ranges(epoch_row_groups(groups, seed, epoch), rank, world_size)
     pending: list[Columns] = []
     pending_rows = emitted = 0
     for row_range in [*ranges, None]:
         if row_range is not None:
-            pending.append(_columns(_read_range(row_range)))
+            pending.append(_columns(_read_range(row_range), features))
             pending_rows += row_range.stop - row_range.start
             if pending_rows < shuffle_buffer + batch_size:
                 continue
@@ -222,7 +240,7 @@ def iter_train_batches(
         for start in range(0, ready, batch_size):
             if emitted == steps:
                 return
-            yield make_batch(*_take(columns, order[start : start + batch_size]))
+            yield make_batch(*_take(columns, order[start : start + batch_size]), keys)
             emitted += 1
         pending = [_take(columns, order[ready:])]
         pending_rows -= ready
@@ -234,7 +252,13 @@ def eval_batches_per_rank(groups: list[RowGroup], world_size: int, batch_size: i
 
 
 def iter_eval_batches(
-    groups: list[RowGroup], rank: int, world_size: int, batch_size: int, max_rows: int = 0
+    groups: list[RowGroup],
+    rank: int,
+    world_size: int,
+    batch_size: int,
+    max_rows: int = 0,
+    *,
+    features: FeatureSchema,
 ) -> Iterator[tuple[Batch, int]]:
     """This rank's evaluation batches as (batch, rows that count); every row of the split exactly once.
 
@@ -247,24 +271,26 @@ def iter_eval_batches(
         world_size: the number of ranks.
         batch_size: rows per batch on this rank.
         max_rows: evaluate only the split's first rows (0: all).
+        features: the data set's schema: which columns to read.
     """
     if max_rows:
         groups = _first_rows(groups, max_rows)
     num_batches = eval_batches_per_rank(groups, world_size, batch_size)
     range_iter = iter(rank_row_ranges(groups, rank, world_size))
-    filler = _columns(_read_range(RowRange(groups[0], 0, 1))) if groups else None
+    keys = list(features.categorical_names)
+    filler = _columns(_read_range(RowRange(groups[0], 0, 1)), features) if groups else None
     pending: list[Columns] = []
     pending_rows = 0
     for _ in range(num_batches):
         while pending_rows < batch_size and (row_range := next(range_iter, None)) is not None:
-            pending.append(_columns(_read_range(row_range)))
+            pending.append(_columns(_read_range(row_range), features))
             pending_rows += row_range.stop - row_range.start
         columns = _concat(pending) if pending else filler
         valid = min(batch_size, pending_rows)
         if valid:
             filler = _take(columns, slice(valid - 1, valid))
         padding = _take(filler, np.zeros(batch_size - valid, np.int64))
-        yield make_batch(*_concat([_take(columns, slice(0, valid)), padding])), valid
+        yield make_batch(*_concat([_take(columns, slice(0, valid)), padding]), keys), valid
         pending = [_take(columns, slice(valid, None))] if pending_rows > valid else []
         pending_rows -= valid
 

@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_auroc
 
+from data_prep.features import FeatureSchema
 from dlrm_dist.data import Prefetcher, RowGroup, iter_eval_batches
 from dlrm_dist.distributed import DistContext
 
@@ -51,6 +52,8 @@ def evaluate(
     batch_size: int,
     max_rows: int = 0,
     prefetch: int = 4,
+    *,
+    features: FeatureSchema,
 ) -> dict[str, float]:
     """Scores a split with the sharded model and returns its exact AUC, logloss and row count.
 
@@ -61,11 +64,14 @@ def evaluate(
         batch_size: rows per batch on each rank.
         max_rows: only the split's first rows (0: all).
         prefetch: batches read ahead in the background.
+        features: the data set's schema (`FeatureSchema.from_manifest`).
     """
     was_training = model.training
     model.eval()
     logits_parts, label_parts, valid_parts = [], [], []
-    batches = Prefetcher(iter_eval_batches(groups, ctx.rank, ctx.world_size, batch_size, max_rows), prefetch)
+    batches = Prefetcher(
+        iter_eval_batches(groups, ctx.rank, ctx.world_size, batch_size, max_rows, features=features), prefetch
+    )
     try:
         for batch, valid_rows in batches:
             _, (_, logits, labels) = model(batch.to(ctx.device, non_blocking=True))

@@ -33,6 +33,7 @@ from torchrec.distributed.planner.storage_reservations import HeuristicalStorage
 from torchrec.distributed.planner.types import PlannerError, ShardingOption
 from torchrec.distributed.types import ModuleSharder, ShardingPlan
 
+from data_prep.features import FeatureSchema
 from data_prep.manifest import load_manifest
 from dlrm_dist.config import JobConfig, build_arg_parser, load_config
 from dlrm_dist.models import build_model
@@ -45,7 +46,7 @@ from dlrm_dist.sharding import (
     plan_to_text,
     prepare_planning,
 )
-from dlrm_dist.trainer import planner_ids_per_bag, table_sizes
+from dlrm_dist.trainer import data_features, planner_ids_per_bag
 
 DESCRIPTION = (
     "Print the TorchRec sharding plan of a recipe on a cluster described by numbers, and the memory "
@@ -150,20 +151,20 @@ def _quiet_torchrec() -> Iterator[None]:
 
 def plan_cluster(
     cfg: JobConfig,
-    num_embeddings: list[int],
+    features: FeatureSchema | list[int],
     cluster: ClusterShape,
     batch_size_per_rank: int,
-    ids_per_bag: list[float] | None = None,
+    ids_per_bag: dict[str, float] | None = None,
 ) -> PlanReport:
     """Plans `cfg`'s model over `cluster` the way training would, without a GPU or process group.
 
     Args:
         cfg: the job config (`model`, `sharding`, `optim`).
-        num_embeddings: rows of each table C1..C26.
+        features: the data set's schema, or bare table sizes (tables C1..Cn over 13 dense features).
         cluster: the machines to plan for.
         batch_size_per_rank: the per-rank batch the planner sizes buffers and communication for.
-        ids_per_bag: the planner's ids per bag of C1..C26 (`trainer.planner_ids_per_bag`); None:
-            `model.multi_hot_sizes`.
+        ids_per_bag: feature name -> the planner's ids per bag (`trainer.planner_ids_per_bag`); None:
+            `model.multi_hot_sizes` over the features.
 
     Returns:
         The `PlanReport`.
@@ -174,14 +175,18 @@ def plan_cluster(
         ValueError: naming the config field for a config the device cannot run.
     """
     train_module = CTRTrainModule(
-        build_model(cfg.model, num_embeddings, sparse_device=META_DEVICE, dense_device=META_DEVICE)
+        build_model(cfg.model, features, sparse_device=META_DEVICE, dense_device=META_DEVICE)
     )
+    if ids_per_bag is None:
+        ids_per_bag = planner_ids_per_bag(
+            cfg.model, features if isinstance(features, FeatureSchema) else None
+        )
     sharders, constraints = prepare_planning(
         train_module,
         cfg.sharding,
         cfg.optim,
         cluster.device_type,
-        cfg.model.multi_hot_sizes if ids_per_bag is None else ids_per_bag,
+        ids_per_bag,
     )
     chosen: list[list[ShardingOption]] = []
 
@@ -307,10 +312,10 @@ def parse_plan_args(argv: list[str] | None) -> tuple[JobConfig, ClusterShape, in
     return cfg, cluster, batch_size
 
 
-def plan_table_sizes(cfg: JobConfig) -> list[int]:
-    """The table sizes to plan with: the manifest's when `data.path` is set, else `model.num_embeddings`."""
+def plan_features(cfg: JobConfig) -> FeatureSchema | list[int]:
+    """What to plan: the manifest's features when `data.path` is set, else `model.num_embeddings`."""
     if cfg.data.path:
-        return table_sizes(load_manifest(cfg.data.path), cfg.model, cfg.data.path)
+        return data_features(load_manifest(cfg.data.path), cfg.model, cfg.data.path)
     if not cfg.model.num_embeddings:
         raise ValueError(
             "model.num_embeddings: is empty and no --data DIR was given; set the table sizes in the "
@@ -322,10 +327,7 @@ def plan_table_sizes(cfg: JobConfig) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg, cluster, batch_size = parse_plan_args(argv)
-        manifest = load_manifest(cfg.data.path) if cfg.data.path else None
-        report = plan_cluster(
-            cfg, plan_table_sizes(cfg), cluster, batch_size, planner_ids_per_bag(cfg.model, manifest)
-        )
+        report = plan_cluster(cfg, plan_features(cfg), cluster, batch_size)
     except (ValueError, FileNotFoundError) as error:
         # Config, cluster and data problems, and tables that do not fit: one line, not a traceback.
         print(f"dlrm-plan: error: {error}", file=sys.stderr)

@@ -6,7 +6,7 @@ This follows TorchRec's recipe, in order:
    into an fbgemm fused optimizer that updates the tables inside backward, so no embedding gradient is
    ever materialised;
 2. plan with `EmbeddingShardingPlanner` over the real topology (world size, hosts, HBM or DDR per rank),
-   with per-table `ParameterConstraints` from `[sharding]` and `model.multi_hot_sizes`; rank 0 plans and
+   with per-table `ParameterConstraints` from `[sharding]` and the features' ids per bag; rank 0 plans and
    broadcasts the plan (`dlrm-plan` runs the same steps 1-2 for a `ClusterShape` given as numbers, with no
    GPU and no process group);
 3. wrap in `DistributedModelParallel`, which shards the tables, materialises them from the meta device and
@@ -19,7 +19,7 @@ and DDP averages their gradients, so they are trained by the dense optimizer, no
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +43,6 @@ from torchrec.distributed.planner.types import (
 from torchrec.distributed.types import ModuleSharder, ShardingPlan, ShardingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from data_prep.schema import SPARSE_COLUMNS
 from dlrm_dist.config import SHARDING_TYPES, OptimConfig, ShardingConfig
 from dlrm_dist.distributed import DistContext
 
@@ -156,22 +155,22 @@ def _table_features(module: nn.Module) -> dict[str, list[str]]:
 
 
 def pooling_factors(
-    table_features: dict[str, list[str]], multi_hot_sizes: Sequence[float]
+    table_features: dict[str, list[str]], ids_per_bag: Mapping[str, float]
 ) -> dict[str, list[float]]:
-    """The planner's pooling factors (ids per bag) of every table's features, from `model.multi_hot_sizes`.
+    """The planner's pooling factors (ids per bag) of every table's features (`trainer.planner_ids_per_bag`).
 
     Args:
         table_features: the features each table reads (e.g. table C3 and wide_C3 both read feature C3).
-        multi_hot_sizes: ids per bag of C1..C26 (empty: one-hot, TorchRec's default of 1 per bag).
+        ids_per_bag: feature name -> ids per bag of the multi-hot features (empty: one-hot, TorchRec's
+            default of 1 per bag; a feature not named has 1).
 
     Returns:
-        Per table, one pooling factor per feature it reads; empty when `multi_hot_sizes` is.
+        Per table, one pooling factor per feature it reads; empty when `ids_per_bag` is.
     """
-    if not multi_hot_sizes:
+    if not ids_per_bag:
         return {}
-    ids_per_bag = dict(zip(SPARSE_COLUMNS, multi_hot_sizes, strict=True))
     return {
-        table: [float(ids_per_bag[feature]) for feature in features]
+        table: [float(ids_per_bag.get(feature, 1.0)) for feature in features]
         for table, features in table_features.items()
     }
 
@@ -342,7 +341,7 @@ def prepare_planning(
     sharding_cfg: ShardingConfig,
     optim_cfg: OptimConfig,
     device_type: str,
-    multi_hot_sizes: Sequence[float] = (),
+    ids_per_bag: Mapping[str, float] | None = None,
 ) -> tuple[list[ModuleSharder[nn.Module]], dict[str, ParameterConstraints]]:
     """Step 1 and the inputs of step 2: attaches the fused optimizer, then builds sharders and constraints.
 
@@ -353,7 +352,7 @@ def prepare_planning(
         sharding_cfg: the `[sharding]` section.
         optim_cfg: the `[optim]` section (embedding optimizer, its lr and eps).
         device_type: "cpu" or "cuda".
-        multi_hot_sizes: `model.multi_hot_sizes` (empty: one-hot).
+        ids_per_bag: feature name -> ids per bag (`trainer.planner_ids_per_bag`; None or empty: one-hot).
 
     Returns:
         `(sharders, constraints)` for the planner and DistributedModelParallel.
@@ -366,7 +365,7 @@ def prepare_planning(
         list(table_features),
         sharders[0],
         device_type,
-        pooling_factors(table_features, multi_hot_sizes),
+        pooling_factors(table_features, ids_per_bag or {}),
     )
     return sharders, constraints
 
@@ -377,7 +376,7 @@ def shard_model(
     optim_cfg: OptimConfig,
     ctx: DistContext,
     batch_size_per_rank: int,
-    multi_hot_sizes: Sequence[float] = (),
+    ids_per_bag: Mapping[str, float] | None = None,
 ) -> tuple[DistributedModelParallel, ShardingPlan]:
     """Shards `train_module`'s embedding tables over all ranks and data-parallelises the rest.
 
@@ -389,14 +388,14 @@ def shard_model(
         optim_cfg: the `[optim]` section (embedding optimizer, its lr and eps).
         ctx: this rank's distributed context (the default process group must exist).
         batch_size_per_rank: per-rank batch size, for the planner's cost model.
-        multi_hot_sizes: `model.multi_hot_sizes`, the planner's pooling factors (empty: one-hot).
+        ids_per_bag: feature name -> ids per bag, the planner's pooling factors (None or empty: one-hot).
 
     Returns:
         `(model, plan)`: the `DistributedModelParallel` model (its `fused_optimizer` holds the embedding
         optimizer state) and the plan every rank uses.
     """
     sharders, constraints = prepare_planning(
-        train_module, sharding_cfg, optim_cfg, ctx.device.type, multi_hot_sizes
+        train_module, sharding_cfg, optim_cfg, ctx.device.type, ids_per_bag
     )
     planner = build_planner(live_cluster(ctx), batch_size_per_rank, constraints)
     plan = planner.collective_plan(train_module, sharders, dist.GroupMember.WORLD)

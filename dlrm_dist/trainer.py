@@ -21,14 +21,15 @@ import torch
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
+from data_prep.features import FeatureSchema
 from data_prep.manifest import load_manifest
-from data_prep.schema import NUM_DENSE, NUM_SPARSE
 from dlrm_dist.checkpoint import Checkpointer, TrainerState
 from dlrm_dist.config import EvalConfig, JobConfig, ModelConfig
 from dlrm_dist.data import Prefetcher, iter_train_batches, list_row_groups, train_steps_per_epoch
 from dlrm_dist.distributed import DistContext, peak_memory_by_rank
 from dlrm_dist.evaluation import evaluate
 from dlrm_dist.models import build_model, parameter_counts
+from dlrm_dist.models.tables import default_feature_names
 from dlrm_dist.models.train_module import CTRTrainModule
 from dlrm_dist.monitor import build_monitor
 from dlrm_dist.optim import build_lr_scheduler, build_optimizer
@@ -39,47 +40,49 @@ class NonFiniteLossError(RuntimeError):
     """Training stopped because the loss was NaN or infinite."""
 
 
-def table_sizes(manifest: dict[str, Any], model_cfg: ModelConfig, data_dir: str) -> list[int]:
-    """The embedding table sizes: the manifest's, checked against the config's cap and expected sizes.
+def data_features(manifest: dict[str, Any], model_cfg: ModelConfig, data_dir: str) -> FeatureSchema:
+    """The data set's features, the manifest's, with table sizes checked against the config.
 
     Args:
         manifest: the parsed manifest.json of the prepared data.
         model_cfg: `max_table_rows` (a cap no table may exceed) and `num_embeddings` (the sizes a recipe
-            expects; empty: any).
+            expects, one per categorical feature in the data's order; empty: any).
         data_dir: where the manifest came from, for the error messages.
 
     Returns:
-        Rows of each table C1..C26, as the manifest gives them.
+        The schema: label, dense and categorical features with their table sizes, as the manifest says.
 
     Raises:
         ValueError: naming `model.max_table_rows` when a table exceeds the cap, or `model.num_embeddings`
             and the first table whose size differs from the manifest's.
     """
-    sizes = [int(size) for size in manifest["num_embeddings"]]
-    if len(sizes) != NUM_SPARSE or len(manifest["columns"]["dense"]) != NUM_DENSE:
-        raise ValueError(
-            f"{data_dir}/manifest.json: expected {NUM_SPARSE} tables and {NUM_DENSE} dense columns"
-        )
+    features = FeatureSchema.from_manifest(manifest)
     cap = model_cfg.max_table_rows
-    too_big = [(f"C{index + 1}", size) for index, size in enumerate(sizes) if cap and size > cap]
+    too_big = [(f.name, f.num_embeddings) for f in features.categorical if cap and f.num_embeddings > cap]
     if too_big:
         raise ValueError(
             f"model.max_table_rows = {cap:,} but {data_dir}/manifest.json has larger tables "
             f"({', '.join(f'{name}: {size:,}' for name, size in too_big)}); prepare the data with "
-            f"`dlrm-prep criteo --hash-buckets {cap}` or raise model.max_table_rows"
+            f"`--hash-buckets {cap}` or raise model.max_table_rows"
         )
     # A recipe's sizes are the model it means (what dlrm-plan planned, what MLPerf compares); data with
     # other tables would silently train a different model.
     expected = model_cfg.num_embeddings
-    for index, (wanted, found) in enumerate(zip(expected, sizes, strict=False)):
-        if wanted != found:
+    if expected and len(expected) != len(features.categorical):
+        raise ValueError(
+            f"model.num_embeddings: the config gives {len(expected)} table sizes but {data_dir}/manifest.json "
+            f"has {len(features.categorical)} categorical features; set model.num_embeddings = [] to take "
+            "the manifest's sizes"
+        )
+    for wanted, feature in zip(expected, features.categorical, strict=False):
+        if wanted != feature.num_embeddings:
             raise ValueError(
-                f"model.num_embeddings: C{index + 1} has {wanted:,} rows in the config but {found:,} in "
-                f"{data_dir}/manifest.json; prepare the data with `dlrm-prep criteo --hash-buckets "
-                f"{','.join(str(rows) for rows in expected)}` or set model.num_embeddings to the manifest's "
-                "sizes (or to [] to take them as they are)"
+                f"model.num_embeddings: {feature.name} has {wanted:,} rows in the config but "
+                f"{feature.num_embeddings:,} in {data_dir}/manifest.json; prepare the data with "
+                f"`--hash-buckets {','.join(str(rows) for rows in expected)}` or set model.num_embeddings "
+                "to the manifest's sizes (or to [] to take them as they are)"
             )
-    return sizes
+    return features
 
 
 def _batch_size_per_rank(global_batch: int, world_size: int, name: str) -> int:
@@ -88,20 +91,30 @@ def _batch_size_per_rank(global_batch: int, world_size: int, name: str) -> int:
     return global_batch // world_size
 
 
-def planner_ids_per_bag(model_cfg: ModelConfig, manifest: dict[str, Any] | None) -> list[float]:
-    """The ids per bag the planner's cost model assumes for C1..C26 (`dlrm-train` and `dlrm-plan` alike).
+def planner_ids_per_bag(model_cfg: ModelConfig, features: FeatureSchema | None) -> dict[str, float]:
+    """The ids per bag the planner's cost model assumes per categorical feature (`dlrm-train`, `dlrm-plan`).
 
     Args:
-        model_cfg: `multi_hot_sizes`, the recipe's sizes, which win when set.
-        manifest: the prepared data's manifest, whose measured mean bag lengths serve otherwise (None:
-            no data).
+        model_cfg: `multi_hot_sizes`, the recipe's sizes (one per feature, in order), which win when set.
+        features: the prepared data's schema, whose measured mean bag lengths serve otherwise (None:
+            no data; then the features are C1..Cn of `multi_hot_sizes`).
 
     Returns:
-        26 numbers, or an empty list for one-hot data (TorchRec's default of 1 per bag).
+        Feature name -> ids per bag, for the multi-hot features; empty for one-hot data (TorchRec's
+        default of 1 per bag).
     """
     if model_cfg.multi_hot_sizes:
-        return [float(size) for size in model_cfg.multi_hot_sizes]
-    return [float(mean) for mean in (manifest or {}).get("bag_lengths", {}).get("mean", [])]
+        names = features.categorical_names if features is not None else None
+        if names is not None and len(names) != len(model_cfg.multi_hot_sizes):
+            raise ValueError(
+                f"model.multi_hot_sizes: gives {len(model_cfg.multi_hot_sizes)} sizes but the data has "
+                f"{len(names)} categorical features"
+            )
+        names = names or default_feature_names(len(model_cfg.multi_hot_sizes))
+        return {name: float(size) for name, size in zip(names, model_cfg.multi_hot_sizes, strict=True)}
+    if features is None:
+        return {}
+    return {f.name: float(f.mean_bag_length) for f in features.categorical if f.mean_bag_length is not None}
 
 
 def eval_interval(eval_cfg: EvalConfig, steps_per_epoch: int) -> int:
@@ -151,14 +164,18 @@ class Trainer:
         planned = cfg.training.epochs * self.steps_per_epoch
         self.total_steps = min(planned, cfg.training.max_steps) if cfg.training.max_steps else planned
 
+        self.features = data_features(manifest, cfg.model, cfg.data.path)
         torch.manual_seed(cfg.training.seed)
-        model = CTRTrainModule(
-            build_model(cfg.model, table_sizes(manifest, cfg.model, cfg.data.path), dense_device=ctx.device)
-        )
+        model = CTRTrainModule(build_model(cfg.model, self.features, dense_device=ctx.device))
         # Counted before sharding, while every table is whole: the same on every rank and world size.
         self.dense_parameters, self.sparse_parameters = parameter_counts(model)
         self.model, self.plan = shard_model(
-            model, cfg.sharding, cfg.optim, ctx, self.batch_size, planner_ids_per_bag(cfg.model, manifest)
+            model,
+            cfg.sharding,
+            cfg.optim,
+            ctx,
+            self.batch_size,
+            planner_ids_per_bag(cfg.model, self.features),
         )
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.optim, self.total_steps)
@@ -204,7 +221,7 @@ class Trainer:
     def _epoch_batches(self, epoch: int, skip: int) -> Prefetcher:
         batches = iter_train_batches(
             self.groups["train"], self.ctx.rank, self.ctx.world_size, self.batch_size,
-            self.cfg.training.seed, epoch, self.cfg.data.shuffle_buffer,
+            self.cfg.training.seed, epoch, self.cfg.data.shuffle_buffer, features=self.features,
         )  # fmt: skip
         # Resuming replays the epoch's deterministic order up to the saved position without the model.
         return Prefetcher(itertools.islice(batches, skip, None), self.cfg.data.prefetch_batches)
@@ -233,6 +250,7 @@ class Trainer:
             self.eval_batch_size,
             max_rows,
             self.cfg.data.prefetch_batches,
+            features=self.features,
         )
 
     def _log_eval(self, split: str, metrics: dict[str, float], step: int) -> None:

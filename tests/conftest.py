@@ -47,3 +47,11 @@ def prepared_sample(tmp_path_factory) -> Path:
             "--rows-per-shard", "1000", "--row-group-rows", "250", "--workers", "1", "--no-progress"]  # fmt: skip
     assert main(args) == 0
     return out
+
+
+def features_of(data_dir: Path | str):
+    """The feature schema of a prepared data directory, as the trainer reads it."""
+    from data_prep.features import FeatureSchema
+    from data_prep.manifest import load_manifest
+
+    return FeatureSchema.from_manifest(load_manifest(data_dir))

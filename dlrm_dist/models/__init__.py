@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
+from data_prep.features import FeatureSchema
 from data_prep.schema import NUM_DENSE
 from dlrm_dist.config import ModelConfig
 from dlrm_dist.models.dcn import build_dcn
@@ -63,8 +64,8 @@ CPU_DEVICE = torch.device("cpu")
 
 def build_model(
     model_cfg: ModelConfig,
-    num_embeddings: Sequence[int],
-    dense_in_features: int = NUM_DENSE,
+    features: FeatureSchema | Sequence[int],
+    dense_in_features: int | None = None,
     sparse_device: torch.device = META_DEVICE,
     dense_device: torch.device = CPU_DEVICE,
 ) -> nn.Module:
@@ -72,8 +73,10 @@ def build_model(
 
     Args:
         model_cfg: the `[model]` section.
-        num_embeddings: rows of each table C1..C26 (from the manifest, already capped by the caller).
-        dense_in_features: number of dense features (13 for Criteo).
+        features: the data set's schema (`FeatureSchema.from_manifest`: its categorical features name
+            and size the tables, its dense features the input width); or bare table sizes, for tables
+            named C1..Cn over 13 dense features (Criteo's layout).
+        dense_in_features: number of dense features, when it differs from what `features` says.
         sparse_device: device of the embedding tables ("meta" to let DistributedModelParallel shard
             and initialise them).
         dense_device: device of the dense layers.
@@ -82,7 +85,7 @@ def build_model(
         The model: `(dense_features [B, dense_in_features], sparse_features KJT) -> logits [B]`.
 
     Raises:
-        ValueError: naming `model.name` for an unknown family, `num_embeddings` for wrong table sizes,
+        ValueError: naming `model.name` for an unknown family, `features` for wrong table sizes,
             or the offending field of `model_cfg`.
     """
     builder = MODEL_REGISTRY.get(model_cfg.name)
@@ -91,12 +94,16 @@ def build_model(
             f"model.name: {model_cfg.name!r} is not a known model family (known: "
             f"{', '.join(sorted(MODEL_REGISTRY))})"
         )
+    if isinstance(features, FeatureSchema):
+        sizes, names, num_dense = features.num_embeddings, features.categorical_names, features.num_dense
+    else:
+        sizes, names, num_dense = tuple(int(rows) for rows in features), (), NUM_DENSE
     tables = EmbeddingTables(
-        num_embeddings=tuple(int(rows) for rows in num_embeddings),
-        device=sparse_device,
-        pooling=model_cfg.pooling,
+        num_embeddings=sizes, device=sparse_device, pooling=model_cfg.pooling, feature_names=names
     )
-    return builder(model_cfg, tables, dense_in_features, dense_device)
+    return builder(
+        model_cfg, tables, num_dense if dense_in_features is None else dense_in_features, dense_device
+    )
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:

@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from data_prep.cli import main
 from data_prep.synth import MLPERF_MULTI_HOT_SIZES, generate
+from tests.conftest import features_of
 from tests.distributed.harness import run_ranks
 
 pytestmark = pytest.mark.distributed
@@ -68,7 +69,17 @@ def train_multi_hot(rank: int, world_size: int, data_dir: str) -> None:
         sizes = manifest["num_embeddings"]
         train_groups = list_row_groups(data_dir, manifest, "train")
         val_groups = list_row_groups(data_dir, manifest, "val")
-        held_out = [b for b, _ in iter_eval_batches(val_groups, rank, world_size, 256, max_rows=1024)]
+        held_out = [
+            b
+            for b, _ in iter_eval_batches(
+                val_groups,
+                rank,
+                world_size,
+                256,
+                max_rows=1024,
+                features=features_of(data_dir),
+            )
+        ]
         assert max(held_out[0].sparse_features.lengths().tolist()) == 100
         optim_cfg = OptimConfig(lr=0.05, embedding_lr=0.1)
         for sharding_type in SHARDING_TYPES:
@@ -96,7 +107,14 @@ def train_multi_hot(rank: int, world_size: int, data_dir: str) -> None:
             optimizer = build_optimizer(model, optim_cfg)
             loss_before = global_mean_loss(model, held_out)
             batches = iter_train_batches(
-                train_groups, rank, world_size, BATCH_SIZE_PER_RANK, seed=0, epoch=0, shuffle_buffer=512
+                train_groups,
+                rank,
+                world_size,
+                BATCH_SIZE_PER_RANK,
+                seed=0,
+                epoch=0,
+                shuffle_buffer=512,
+                features=features_of(data_dir),
             )
             for step, batch in enumerate(itertools.islice(batches, TRAIN_STEPS)):
                 loss, _ = model(batch)

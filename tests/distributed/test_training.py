@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from data_prep.manifest import load_manifest
 from data_prep.oracle import auc
 from data_prep.schema import DENSE_COLUMNS
+from tests.conftest import features_of
 from tests.distributed.harness import run_ranks
 
 pytestmark = pytest.mark.distributed
@@ -45,7 +46,13 @@ def _eval_worker(rank: int, world_size: int, data_dir: str, out: str) -> None:
     ctx = init_distributed("cpu")
     try:
         groups = list_row_groups(data_dir, load_manifest(data_dir), "val")
-        metrics = evaluate(LinearScorer(), groups, ctx, batch_size=128)
+        metrics = evaluate(
+            LinearScorer(),
+            groups,
+            ctx,
+            batch_size=128,
+            features=features_of(data_dir),
+        )
         if rank == 0:
             Path(out).write_text(json.dumps(metrics))
     finally:

@@ -17,6 +17,7 @@ from dlrm_dist.data import (
     rank_row_ranges,
     train_steps_per_epoch,
 )
+from tests.conftest import features_of
 
 
 def split_rows(data_dir, split) -> list[tuple]:
@@ -63,7 +64,15 @@ def test_eval_covers_every_row_exactly_once(prepared_sample, world_size, batch_s
         seen = []
         batch_counts = set()
         for rank in range(world_size):
-            batches = list(iter_eval_batches(groups, rank, world_size, batch_size))
+            batches = list(
+                iter_eval_batches(
+                    groups,
+                    rank,
+                    world_size,
+                    batch_size,
+                    features=features_of(prepared_sample),
+                )
+            )
             batch_counts.add(len(batches))
             for batch, valid in batches:
                 assert batch.labels.shape[0] == batch_size
@@ -77,7 +86,14 @@ def test_eval_max_rows_takes_the_first_rows(prepared_sample):
     groups = list_row_groups(prepared_sample, load_manifest(prepared_sample), "train")
     seen = []
     for rank in range(2):
-        for batch, valid in iter_eval_batches(groups, rank, 2, 128, max_rows=700):
+        for batch, valid in iter_eval_batches(
+            groups,
+            rank,
+            2,
+            128,
+            max_rows=700,
+            features=features_of(prepared_sample),
+        ):
             seen += batch_rows(batch, valid)
     assert sorted(seen) == sorted(split_rows(prepared_sample, "train")[:700])
 
@@ -88,7 +104,18 @@ def test_train_batches_are_disjoint_equal_in_number_and_reproducible(prepared_sa
     steps = train_steps_per_epoch(groups, world_size, batch_size)
     assert steps == (6857 // 2) // 256
     per_rank = [
-        list(iter_train_batches(groups, r, world_size, batch_size, seed=3, epoch=0, shuffle_buffer=500))
+        list(
+            iter_train_batches(
+                groups,
+                r,
+                world_size,
+                batch_size,
+                seed=3,
+                epoch=0,
+                shuffle_buffer=500,
+                features=features_of(prepared_sample),
+            )
+        )
         for r in range(2)
     ]
     assert [len(b) for b in per_rank] == [steps, steps]
@@ -98,13 +125,33 @@ def test_train_batches_are_disjoint_equal_in_number_and_reproducible(prepared_sa
     remaining = list(all_rows)
     for row in rows:
         remaining.remove(row)  # raises if a row is served twice or does not exist
-    again = list(iter_train_batches(groups, 0, world_size, batch_size, seed=3, epoch=0, shuffle_buffer=500))
+    again = list(
+        iter_train_batches(
+            groups,
+            0,
+            world_size,
+            batch_size,
+            seed=3,
+            epoch=0,
+            shuffle_buffer=500,
+            features=features_of(prepared_sample),
+        )
+    )
     assert all(
         torch.equal(a.labels, b.labels) and torch.equal(a.dense_features, b.dense_features)
         for a, b in zip(again, per_rank[0], strict=True)
     )
     next_epoch = list(
-        iter_train_batches(groups, 0, world_size, batch_size, seed=3, epoch=1, shuffle_buffer=500)
+        iter_train_batches(
+            groups,
+            0,
+            world_size,
+            batch_size,
+            seed=3,
+            epoch=1,
+            shuffle_buffer=500,
+            features=features_of(prepared_sample),
+        )
     )
     assert not torch.equal(next_epoch[0].dense_features, per_rank[0][0].dense_features)
 

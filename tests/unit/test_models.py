@@ -113,6 +113,8 @@ def test_dlrm_top_mlp_needs_a_hidden_layer() -> None:
         build_model(dataclasses.replace(SMALL_DLRM, top_mlp=[1]), TABLE_ROWS)
 
 
-def test_one_table_size_per_sparse_column() -> None:
-    with pytest.raises(ValueError, match=r"num_embeddings: .*26.*got 3"):
-        build_model(SMALL_DLRM, [10, 10, 10])
+def test_tables_need_at_least_one_row_and_one_feature() -> None:
+    with pytest.raises(ValueError, match=r"num_embeddings: every table needs at least one row"):
+        build_model(SMALL_DLRM, [10, 0, 10])
+    with pytest.raises(ValueError, match=r"num_embeddings: a model needs at least one categorical feature"):
+        build_model(SMALL_DLRM, [])

@@ -16,6 +16,7 @@ from data_prep.synth import MLPERF_MULTI_HOT_SIZES, generate
 from dlrm_dist.config import ModelConfig, load_config
 from dlrm_dist.data import iter_eval_batches, iter_train_batches, list_row_groups, train_steps_per_epoch
 from dlrm_dist.models import EmbeddingTables, build_embedding_bag_collection
+from tests.conftest import features_of
 
 BUCKETS = 97
 
@@ -65,7 +66,15 @@ def batch_rows(batch, valid=None) -> list[tuple]:
 
 def test_kjt_is_key_major_with_the_bag_lengths(multi_hot_data):
     groups = list_row_groups(multi_hot_data, load_manifest(multi_hot_data), "val")
-    batch, valid = next(iter_eval_batches(groups, rank=0, world_size=1, batch_size=100))
+    batch, valid = next(
+        iter_eval_batches(
+            groups,
+            rank=0,
+            world_size=1,
+            batch_size=100,
+            features=features_of(multi_hot_data),
+        )
+    )
     assert valid == 100
     first_rows = split_rows(multi_hot_data, "val")[:100]
     # All of C1's bags for the batch, then all of C2's, ...: TorchRec's KJT layout.
@@ -86,7 +95,13 @@ def test_eval_covers_every_row_once_and_pads_with_real_rows(multi_hot_data, worl
     seen = []
     padded = 0
     for rank in range(world_size):
-        for batch, valid in iter_eval_batches(groups, rank, world_size, batch_size):
+        for batch, valid in iter_eval_batches(
+            groups,
+            rank,
+            world_size,
+            batch_size,
+            features=features_of(multi_hot_data),
+        ):
             rows = batch_rows(batch)
             assert len(rows) == batch_size
             seen += rows[:valid]
@@ -102,7 +117,18 @@ def test_shuffled_train_batches_serve_real_rows_at_most_once(multi_hot_data):
     world_size, batch_size = 2, 64
     steps = train_steps_per_epoch(groups, world_size, batch_size)
     per_rank = [
-        list(iter_train_batches(groups, rank, world_size, batch_size, seed=1, epoch=0, shuffle_buffer=300))
+        list(
+            iter_train_batches(
+                groups,
+                rank,
+                world_size,
+                batch_size,
+                seed=1,
+                epoch=0,
+                shuffle_buffer=300,
+                features=features_of(multi_hot_data),
+            )
+        )
         for rank in range(world_size)
     ]
     assert [len(batches) for batches in per_rank] == [steps, steps]
@@ -111,7 +137,18 @@ def test_shuffled_train_batches_serve_real_rows_at_most_once(multi_hot_data):
         for row in batch_rows(batch):
             remaining.remove(row)  # raises if a row is served twice or does not exist
     assert len(remaining) == len(split_rows(multi_hot_data, "train")) - steps * batch_size * world_size
-    again = list(iter_train_batches(groups, 0, world_size, batch_size, seed=1, epoch=0, shuffle_buffer=300))
+    again = list(
+        iter_train_batches(
+            groups,
+            0,
+            world_size,
+            batch_size,
+            seed=1,
+            epoch=0,
+            shuffle_buffer=300,
+            features=features_of(multi_hot_data),
+        )
+    )
     for first, second in zip(per_rank[0], again, strict=True):
         assert torch.equal(first.sparse_features.lengths(), second.sparse_features.lengths())
         assert torch.equal(first.sparse_features.values(), second.sparse_features.values())
@@ -120,7 +157,15 @@ def test_shuffled_train_batches_serve_real_rows_at_most_once(multi_hot_data):
 @pytest.mark.parametrize("pooling", ["sum", "mean"])
 def test_pooled_values_equal_a_numpy_sum_or_mean_of_the_rows(multi_hot_data, pooling):
     groups = list_row_groups(multi_hot_data, load_manifest(multi_hot_data), "val")
-    batch, _ = next(iter_eval_batches(groups, rank=0, world_size=1, batch_size=64))
+    batch, _ = next(
+        iter_eval_batches(
+            groups,
+            rank=0,
+            world_size=1,
+            batch_size=64,
+            features=features_of(multi_hot_data),
+        )
+    )
     torch.manual_seed(0)
     collection = build_embedding_bag_collection(8, [BUCKETS] * 26, torch.device("cpu"), pooling=pooling)
     with torch.no_grad():

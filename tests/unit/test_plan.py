@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_prep.features import criteo_schema
 from dlrm_dist.config import EvalConfig, ModelConfig, load_config
 from dlrm_dist.models import build_model
 from dlrm_dist.models.train_module import CTRTrainModule
 from dlrm_dist.plan import main, plan_cluster
 from dlrm_dist.sharding import ClusterShape, prepare_planning
-from dlrm_dist.trainer import eval_interval, table_sizes
+from dlrm_dist.trainer import data_features, eval_interval, planner_ids_per_bag
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DCNV2_RECIPE = REPO_ROOT / "configs/criteo_1tb_dcnv2.toml"
@@ -133,7 +134,8 @@ def test_multi_hot_sizes_become_the_planners_pooling_factors():
     multi_hot_override = f"--model.multi_hot_sizes={','.join(map(str, multi_hot))}"
     cfg = _tiny_cfg("--model.name=deepfm", multi_hot_override)
     module = CTRTrainModule(build_model(cfg.model, sizes, dense_device=torch.device("meta")))
-    _, constraints = prepare_planning(module, cfg.sharding, cfg.optim, "cuda", cfg.model.multi_hot_sizes)
+    ids_per_bag = planner_ids_per_bag(cfg.model, None)
+    _, constraints = prepare_planning(module, cfg.sharding, cfg.optim, "cuda", ids_per_bag)
     # The first-order table of a column reads the same bags as its field table.
     assert constraints["C21"].pooling_factors == constraints["wide_C21"].pooling_factors == [100.0]
     assert constraints["C1"].pooling_factors == [3.0]
@@ -156,26 +158,29 @@ def _manifest(sizes: list[int]) -> dict:
 
 def test_trainer_stops_when_the_manifest_disagrees_with_model_num_embeddings():
     recipe = load_config(DCNV2_RECIPE).model
-    assert table_sizes(_manifest(list(recipe.num_embeddings)), recipe, "/data") == recipe.num_embeddings
+    sizes = data_features(_manifest(list(recipe.num_embeddings)), recipe, "/data").num_embeddings
+    assert list(sizes) == recipe.num_embeddings
     other = list(recipe.num_embeddings)
     other[1], other[5] = 36746, 4  # C2 and C6 differ; the error names the first
     with pytest.raises(
         ValueError, match=r"model\.num_embeddings: C2 has 39,060 rows in the config but 36,746"
     ):
-        table_sizes(_manifest(other), recipe, "/data")
+        data_features(_manifest(other), recipe, "/data")
+    with pytest.raises(
+        ValueError, match=r"model\.num_embeddings: the config gives 26 table sizes but .* has 3"
+    ):
+        data_features(_manifest([5, 6, 7]), recipe, "/data")
     # Unset, the manifest's sizes are taken as they are.
-    assert table_sizes(_manifest(other), ModelConfig(), "/data") == other
+    assert list(data_features(_manifest(other), ModelConfig(), "/data").num_embeddings) == other
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["--model.num_embeddings=10,20"], r"model\.num_embeddings: needs one value per table C1\.\.C26"),
-        ([f"--model.num_embeddings={','.join(['5'] * 25)},0"], r"model\.num_embeddings: C26 must be >= 1"),
+        ([f"--model.num_embeddings={','.join(['5'] * 25)},0"], r"model\.num_embeddings: value 26 \(table 26\) must be >= 1"),
         (["--model.max_table_rows=100", f"--model.num_embeddings={','.join(['101'] * 26)}"],
-         r"model\.num_embeddings: C1 has 101 rows, above model\.max_table_rows = 100"),
-        (["--model.multi_hot_sizes=1,2,3"], r"model\.multi_hot_sizes: needs one value per table"),
-        ([f"--model.multi_hot_sizes={','.join(['1'] * 25)},0"], r"model\.multi_hot_sizes: C26 must be >= 1"),
+         r"model\.num_embeddings: table 1 has 101 rows, above model\.max_table_rows = 100"),
+        (["--model.multi_hot_sizes=1,0,3"], r"model\.multi_hot_sizes: value 2 \(table 2\) must be >= 1"),
         (["--eval.per_epoch=-1"], r"eval\.per_epoch: must be >= 0"),
         (["--eval.per_epoch=20", "--eval.every_steps=100"], r"eval\.per_epoch: cannot be combined with eval\.every_steps"),
     ],
@@ -200,11 +205,11 @@ def test_plan_needs_table_sizes_from_the_recipe_or_the_data():
 
 
 def test_planner_ids_per_bag_prefers_the_recipe_then_the_manifest():
-    from dlrm_dist.config import ModelConfig
-    from dlrm_dist.trainer import planner_ids_per_bag
-
-    manifest = {"bag_lengths": {"mean": [2.5] * 26, "max": [4] * 26}}
-    assert planner_ids_per_bag(ModelConfig(), manifest) == [2.5] * 26
-    assert planner_ids_per_bag(ModelConfig(multi_hot_sizes=[3] * 26), manifest) == [3.0] * 26
-    assert planner_ids_per_bag(ModelConfig(), {"multi_hot": False}) == []
-    assert planner_ids_per_bag(ModelConfig(), None) == []
+    multi_hot = criteo_schema([10] * 26, multi_hot=True, bag_lengths={"mean": [2.5] * 26, "max": [4] * 26})
+    names = [f"C{index}" for index in range(1, 27)]
+    assert planner_ids_per_bag(ModelConfig(), multi_hot) == dict.fromkeys(names, 2.5)
+    assert planner_ids_per_bag(ModelConfig(multi_hot_sizes=[3] * 26), multi_hot) == dict.fromkeys(names, 3.0)
+    assert planner_ids_per_bag(ModelConfig(), criteo_schema([10] * 26)) == {}
+    assert planner_ids_per_bag(ModelConfig(), None) == {}
+    with pytest.raises(ValueError, match=r"model\.multi_hot_sizes: gives 2 sizes but the data has 26"):
+        planner_ids_per_bag(ModelConfig(multi_hot_sizes=[3, 4]), multi_hot)
