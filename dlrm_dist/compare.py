@@ -1,7 +1,7 @@
 """`dlrm-compare`: the DLRM paper's model comparison as one command, on the same sharded backbone.
 
     dlrm-compare --data DIR --config configs/tiny.toml --run-dir runs/compare \
-        [--models dlrm,dlrm_dcnv2,wide_deep,deepfm,dcn,xdeepfm] [--nproc-per-node 2] [--synth DIR] \
+        [--models lr,fm,dlrm,dlrm_dcnv2,wide_deep,deepfm,dcn,xdeepfm] [--nproc-per-node 2] [--synth DIR] \
         [--section.key=value ...]
 
 Each model is trained by the very entry point users launch (`dlrm_dist/train.py`, under torchrun when
@@ -33,7 +33,7 @@ from dlrm_dist.config import load_config, parse_overrides
 from dlrm_dist.models import MODEL_REGISTRY
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
-DEFAULT_MODELS = ("dlrm", "dlrm_dcnv2", "wide_deep", "deepfm", "dcn", "xdeepfm")
+DEFAULT_MODELS = ("lr", "fm", "dlrm", "dlrm_dcnv2", "wide_deep", "deepfm", "dcn", "xdeepfm")
 
 
 @dataclass(frozen=True)

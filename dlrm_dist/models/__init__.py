@@ -9,14 +9,16 @@ docstring for the formula and shapes):
     deepfm       DeepFM: first-order term + factorization machine + deep MLP                     deepfm.py
     dcn          Deep & Cross Network (v1): vector cross layers beside a deep MLP               dcn.py
     xdeepfm      xDeepFM: first-order term + Compressed Interaction Network + deep MLP           xdeepfm.py
+    lr           logistic regression: first-order term only (the paper's floor)                 linear.py
+    fm           factorization machine: first-order term + pairwise FM term (paper section 2.1) linear.py
 
-Every family gets its `EmbeddingBagCollection`s from `EmbeddingTables` (one table per Criteo
-categorical column C1..C26, pooled by `model.pooling`; the families with a linear part add a second collection of
-first-order tables wide_C1..wide_C26), created on the meta device, so that sharding, fused optimizers
+Every family gets its `EmbeddingBagCollection`s from `EmbeddingTables` (one table per categorical
+feature of the data's schema, pooled by `model.pooling`; the families with a linear part add a second
+collection of first-order tables wide_<f>), created on the meta device, so that sharding, fused optimizers
 and checkpoints are the same whatever sits on top. Shared sub-networks live in `components`. A family
 is a builder function in `MODEL_REGISTRY`; adding one means writing its module and one registry line.
 
-Every model's forward is `(dense_features [B, 13], sparse_features KeyedJaggedTensor) -> logits [B]`.
+Every model's forward is `(dense_features [B, num_dense], sparse_features KeyedJaggedTensor) -> logits [B]`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from dlrm_dist.models.dcn import build_dcn
 from dlrm_dist.models.dcnv2 import build_dlrm_dcnv2
 from dlrm_dist.models.deepfm import build_deepfm
 from dlrm_dist.models.dlrm import build_dlrm
+from dlrm_dist.models.linear import build_fm, build_lr
 from dlrm_dist.models.tables import EmbeddingTables, build_embedding_bag_collection
 from dlrm_dist.models.wide_deep import build_wide_deep
 from dlrm_dist.models.xdeepfm import build_xdeepfm
@@ -56,6 +59,8 @@ MODEL_REGISTRY: dict[str, ModelBuilder] = {
     "deepfm": build_deepfm,
     "dcn": build_dcn,
     "xdeepfm": build_xdeepfm,
+    "lr": build_lr,
+    "fm": build_fm,
 }
 
 META_DEVICE = torch.device("meta")

@@ -14,13 +14,25 @@ Shapes used below:
 
 TorchRec's `DLRM` is used as is rather than rewritten; the only change is that `forward` squeezes the
 trailing logit dimension, so that every model family of the registry returns logits of shape [B].
+
+A data set with no dense features has no bottom MLP input. TorchRec's `DLRM` would still build one and
+feed its (constant) output into every dot product, so `DLRMWithoutDense` interacts the embeddings
+alone, with TorchRec's own `SparseArch` and `OverArch`:
+
+    sparse_features KJT -> SparseArch -> e [B, F, D]
+    interaction: concat(sum_f e_f [B, D], <e_f, e_g> for f < g [B, F choose 2])   -> [B, D + F choose 2]
+    OverArch (top MLP, last layer 1)                                              -> logits [B]
+
+The sum of the embeddings takes the place of the dense vector that DLRM passes through beside the
+dot products, so that a single categorical feature (no pairs) still reaches the top MLP.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torchrec.models.dlrm import DLRM
+from torchrec.models.dlrm import DLRM, OverArch, SparseArch
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_dist.config import ModelConfig
@@ -51,6 +63,48 @@ class DLRMLogits(DLRM):
             logits [B].
         """
         return super().forward(dense_features, sparse_features).squeeze(-1)
+
+
+class DLRMWithoutDense(nn.Module):
+    """DLRM for data without dense features: pairwise dot products of the embeddings alone.
+
+    Example::
+
+        tables = EmbeddingTables(num_embeddings=(100, 50), device=torch.device("cpu"))
+        model = DLRMWithoutDense(tables.field_collection(8), over_arch_layer_sizes=[8, 1])
+        logits = model(torch.zeros(2, 0), KeyedJaggedTensor.from_lengths_sync(
+            keys=["C1", "C2"], values=torch.tensor([1, 2, 3, 4]), lengths=torch.tensor([1, 1, 1, 1])))
+        # logits.shape == (2,)
+    """
+
+    def __init__(
+        self,
+        embedding_bag_collection: EmbeddingBagCollection,
+        over_arch_layer_sizes: list[int],
+        dense_device: torch.device | None = None,
+    ) -> None:
+        super().__init__()
+        self.sparse_arch = SparseArch(embedding_bag_collection)
+        num_features, dim = self.sparse_arch.F, self.sparse_arch.D
+        # The (f, g) index pairs with f < g, the upper triangle of the [F, F] matrix of dot products.
+        pairs = torch.triu_indices(num_features, num_features, offset=1, device=dense_device)
+        self.register_buffer("pair_rows", pairs[0].clone(), persistent=False)
+        self.register_buffer("pair_cols", pairs[1].clone(), persistent=False)
+        in_features = dim + num_features * (num_features - 1) // 2
+        self.over_arch = OverArch(in_features, over_arch_layer_sizes, device=dense_device)
+
+    def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        """
+        Args:
+            dense_features: [B, 0] (unused: there are no dense features).
+            sparse_features: one key per categorical feature, B bags per key.
+
+        Returns:
+            logits [B].
+        """
+        embeddings = self.sparse_arch(sparse_features)
+        dots = torch.bmm(embeddings, embeddings.transpose(1, 2))[:, self.pair_rows, self.pair_cols]
+        return self.over_arch(torch.cat([embeddings.sum(dim=1), dots], dim=1)).squeeze(-1)
 
 
 def check_dlrm_mlps(model_cfg: ModelConfig) -> None:
@@ -84,17 +138,21 @@ def build_dlrm(
     Args:
         model_cfg: `embedding_dim`, `bottom_mlp` (last size must be `embedding_dim`) and `top_mlp` (at
             least two layers, ending in 1).
-        tables: the 26 Criteo tables' sizes and device (usually meta until sharded).
-        dense_in_features: number of dense features (13 for Criteo).
+        tables: the tables' sizes, names and device (usually meta until sharded).
+        dense_in_features: number of dense features (13 for Criteo; 0: `DLRMWithoutDense`).
         dense_device: where the MLPs are created.
 
     Returns:
-        A `DLRMLogits` module: `(dense_features [B, 13], sparse_features KJT) -> logits [B]`.
+        A `DLRMLogits` module (a `DLRMWithoutDense` one without dense features): `(dense_features [B, 13], sparse_features KJT) -> logits [B]`.
 
     Raises:
         ValueError: naming `model.bottom_mlp` or `model.top_mlp` when the sizes cannot form a DLRM.
     """
     check_dlrm_mlps(model_cfg)
+    if dense_in_features == 0:
+        return DLRMWithoutDense(
+            tables.field_collection(model_cfg.embedding_dim), list(model_cfg.top_mlp), dense_device
+        )
     return DLRMLogits(
         embedding_bag_collection=tables.field_collection(model_cfg.embedding_dim),
         dense_in_features=dense_in_features,

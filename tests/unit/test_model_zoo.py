@@ -38,7 +38,7 @@ SMALL_CFG = ModelConfig(
 )
 CPU = torch.device("cpu")
 FAMILIES = sorted(MODEL_REGISTRY)
-FAMILIES_WITH_FIRST_ORDER_TABLES = ["deepfm", "wide_deep", "xdeepfm"]
+FAMILIES_WITH_FIRST_ORDER_TABLES = ["deepfm", "fm", "lr", "wide_deep", "xdeepfm"]
 
 
 def small_model(name: str, sparse_device: torch.device = CPU) -> torch.nn.Module:
@@ -47,7 +47,7 @@ def small_model(name: str, sparse_device: torch.device = CPU) -> torch.nn.Module
 
 
 def test_registry_lists_the_paper_families() -> None:
-    assert set(MODEL_REGISTRY) == {"dlrm", "dlrm_dcnv2", "wide_deep", "deepfm", "dcn", "xdeepfm"}
+    assert set(MODEL_REGISTRY) == {"dlrm", "dlrm_dcnv2", "wide_deep", "deepfm", "dcn", "xdeepfm", "lr", "fm"}
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -86,7 +86,8 @@ def test_tables_are_on_meta_with_unique_names_and_first_order_tables_where_neede
     tables = {config.name: config for ebc in collections for config in ebc.embedding_bag_configs()}
     assert len(tables) == sum(len(ebc.embedding_bag_configs()) for ebc in collections), "duplicate names"
     assert all(param.is_meta for ebc in collections for param in ebc.parameters())
-    expected = {column: EMBEDDING_DIM for column in SPARSE_COLUMNS}
+    # Logistic regression has first-order weights only.
+    expected = {} if name == "lr" else {column: EMBEDDING_DIM for column in SPARSE_COLUMNS}
     if name in FAMILIES_WITH_FIRST_ORDER_TABLES:
         # 4 wide: fbgemm's narrowest row; each row sums to one first-order weight.
         expected |= {f"wide_{column}": 4 for column in SPARSE_COLUMNS}
