@@ -23,6 +23,7 @@ COMPUTE_KERNELS = ("dense", "fused", "fused_uvm", "fused_uvm_caching", "key_valu
 EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
 DENSE_OPTIMIZERS = ("adagrad", "adam", "sgd")
 LR_DECAYS = ("none", "linear", "cosine")
+LR_SCALINGS = ("auto", "sqrt", "linear", "none")
 DEVICES = ("auto", "cpu", "cuda")
 POOLINGS = ("sum", "mean")
 # Sharding types whose tables are split by rows, so TorchRec takes a bag's mean after the reduce-scatter.
@@ -179,6 +180,13 @@ class OptimConfig:
     """Learning-rate decay after warmup: none, linear (to 0 at the last step) or cosine."""
     grad_clip: float = 0.0
     """Clip the dense gradients' global norm to this value (0: no clipping)."""
+    reference_batch_size: int = 0
+    """The global batch size `lr` and `embedding_lr` are stated for; another `training.batch_size` scales
+    them by `lr_scaling` (0: no reference, the rates are used as given)."""
+    lr_scaling: str = "auto"
+    """How the rates follow the batch size k = batch_size / reference_batch_size: sqrt (x sqrt(k)), linear
+    (x k), none, or auto: linear for an sgd optimizer, sqrt for the adaptive ones (adagrad, adam), each
+    of the two optimizers by its own kind."""
 
     def __post_init__(self) -> None:
         _require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
@@ -190,6 +198,12 @@ class OptimConfig:
         _require(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         _require_choice(self.decay, "optim.decay", LR_DECAYS)
         _require(self.grad_clip >= 0, "optim.grad_clip", f"must be >= 0, got {self.grad_clip}")
+        _require(
+            self.reference_batch_size >= 0,
+            "optim.reference_batch_size",
+            f"must be >= 0, got {self.reference_batch_size}",
+        )
+        _require_choice(self.lr_scaling, "optim.lr_scaling", LR_SCALINGS)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ embedding alike), and the fused kernels read their group's rate at each `step()`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -31,6 +32,40 @@ DENSE_OPTIMIZERS: dict[str, Callable[[list[torch.Tensor], OptimConfig], torch.op
     ),
     "sgd": lambda params, cfg: torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
 }
+
+
+def _scale(rule: str, optimizer: str, ratio: float) -> float:
+    if rule == "auto":
+        rule = "linear" if optimizer == "sgd" else "sqrt"
+    return {"sqrt": math.sqrt(ratio), "linear": ratio, "none": 1.0}[rule]
+
+
+def scaled_learning_rates(optim_cfg: OptimConfig, batch_size: int) -> OptimConfig:
+    """The `optim` section with `lr` and `embedding_lr` scaled from `reference_batch_size` to `batch_size`.
+
+    The rule, per optimizer (`optim.lr_scaling`): linear for SGD (Goyal et al. 2017: k times the batch
+    averages k times the samples per step, so k times the step keeps the update per sample); the square
+    root for Adagrad and Adam, whose steps are normalised by the gradients' magnitudes, so that a
+    k-times larger batch cuts the gradient noise's standard deviation by sqrt(k) and the rate can grow
+    by that much (Krizhevsky 2014; Malladi et al. 2022 derive sqrt for Adam). Warmup is in steps and
+    is left as it is.
+
+    Args:
+        optim_cfg: the `optim` section as the recipe states it.
+        batch_size: the global batch size of this run (`training.batch_size`).
+
+    Returns:
+        The section with the rates this run uses (unchanged without a `reference_batch_size`).
+    """
+    if not optim_cfg.reference_batch_size:
+        return optim_cfg
+    ratio = batch_size / optim_cfg.reference_batch_size
+    return dataclasses.replace(
+        optim_cfg,
+        lr=optim_cfg.lr * _scale(optim_cfg.lr_scaling, optim_cfg.dense_optimizer, ratio),
+        embedding_lr=optim_cfg.embedding_lr
+        * _scale(optim_cfg.lr_scaling, optim_cfg.embedding_optimizer, ratio),
+    )
 
 
 def dense_parameters(model: nn.Module) -> dict[str, torch.Tensor]:

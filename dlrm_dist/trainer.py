@@ -32,7 +32,7 @@ from dlrm_dist.models import build_model, parameter_counts
 from dlrm_dist.models.tables import default_feature_names
 from dlrm_dist.models.train_module import CTRTrainModule
 from dlrm_dist.monitor import build_monitor
-from dlrm_dist.optim import build_lr_scheduler, build_optimizer
+from dlrm_dist.optim import build_lr_scheduler, build_optimizer, scaled_learning_rates
 from dlrm_dist.sharding import embedding_bytes_per_rank, plan_to_text, shard_model
 
 
@@ -169,16 +169,18 @@ class Trainer:
         model = CTRTrainModule(build_model(cfg.model, self.features, dense_device=ctx.device))
         # Counted before sharding, while every table is whole: the same on every rank and world size.
         self.dense_parameters, self.sparse_parameters = parameter_counts(model)
+        # The rates this run uses: the recipe's, scaled to this batch size when it names a reference one.
+        self.optim = scaled_learning_rates(cfg.optim, cfg.training.batch_size)
         self.model, self.plan = shard_model(
             model,
             cfg.sharding,
-            cfg.optim,
+            self.optim,
             ctx,
             self.batch_size,
             planner_ids_per_bag(cfg.model, self.features),
         )
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.scheduler = build_lr_scheduler(self.optimizer, cfg.optim, self.total_steps)
+        self.optimizer = build_optimizer(self.model, self.optim)
+        self.scheduler = build_lr_scheduler(self.optimizer, self.optim, self.total_steps)
         self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint, ctx)
         self.monitor = build_monitor(self.run_dir, cfg.metrics.tensorboard, self.is_writer)
         self.pipeline = (
@@ -198,6 +200,11 @@ class Trainer:
         plan_text = plan_to_text(self.plan)
         (self.run_dir / "plan.txt").write_text(plan_text + "\n")
         self.log(f"sharding plan ({self.ctx.world_size} ranks, {self.ctx.device.type}):\n{plan_text}")
+        if self.optim is not self.cfg.optim:
+            self.log(
+                f"learning rates scaled ({self.cfg.optim.lr_scaling}) from batch {self.cfg.optim.reference_batch_size:,} "
+                f"to {self.cfg.training.batch_size:,}: lr {self.optim.lr:.4g}, embedding_lr {self.optim.embedding_lr:.4g}"
+            )
         self.monitor.text("config", self.cfg.to_json())
         self.monitor.text("plan", plan_text)
         for rank, size in enumerate(embedding_bytes_per_rank(self.model, self.ctx.world_size)):
@@ -382,6 +389,13 @@ class Trainer:
                 "reached_target_auc": reached_target,
             },
             "world_size": self.ctx.world_size,
+            # The peak rates used (after `optim.reference_batch_size` scaling), beside the recipe's.
+            "learning_rates": {
+                "lr": self.optim.lr,
+                "embedding_lr": self.optim.embedding_lr,
+                "stated_lr": self.cfg.optim.lr,
+                "stated_embedding_lr": self.cfg.optim.embedding_lr,
+            },
             "model": {
                 "name": self.cfg.model.name,
                 "dense_parameters": self.dense_parameters,
@@ -391,8 +405,8 @@ class Trainer:
         }
         hparams = {
             "model": self.cfg.model.name, "embedding_dim": self.cfg.model.embedding_dim,
-            "batch_size": self.cfg.training.batch_size, "lr": self.cfg.optim.lr,
-            "embedding_lr": self.cfg.optim.embedding_lr, "dense_optimizer": self.cfg.optim.dense_optimizer,
+            "batch_size": self.cfg.training.batch_size, "lr": self.optim.lr,
+            "embedding_lr": self.optim.embedding_lr, "dense_optimizer": self.cfg.optim.dense_optimizer,
             "embedding_optimizer": self.cfg.optim.embedding_optimizer, "world_size": self.ctx.world_size,
         }  # fmt: skip
         self.monitor.hparams(hparams, {"hparam/val_auc": val["auc"], "hparam/test_auc": test["auc"],
