@@ -2,12 +2,16 @@
 
     dlrm-compare --data DIR --config configs/tiny.toml --run-dir runs/compare \
         [--models lr,fm,dlrm,dlrm_dcnv2,wide_deep,deepfm,dcn,xdeepfm] [--nproc-per-node 2] [--synth DIR] \
-        [--section.key=value ...]
+        [--tune-minutes M] [--section.key=value ...]
 
 Each model is trained by the very entry point users launch (`dlrm_dist/train.py`, under torchrun when
 `--nproc-per-node` > 1) with the same data, config, overrides, seed, steps, batch size and world size;
 only `--model.name` differs. Its run lands in `RUN_DIR/<model>/`, and a model whose metrics.json is
 already there is not trained again, so an interrupted comparison continues where it stopped.
+
+With `--tune-minutes M` each model is first tuned by `dlrm-tune` for M minutes on the same data (by val
+AUC, from `--config`), and trains with its own tuned recipe `RUN_DIR/tuned/<model>.toml`: a comparison
+of each family at its own settings rather than of one family's settings imposed on all.
 
 Written to RUN_DIR: `comparison.md` and `comparison.csv` (one row per model: dense and sparse parameter
 counts, val and test AUC and logloss, training samples/s, peak memory per rank), and a TensorBoard
@@ -31,8 +35,8 @@ from torch.utils.tensorboard import SummaryWriter
 from data_prep.oracle import oracle_split_aucs
 from dlrm_dist.config import load_config, parse_overrides
 from dlrm_dist.models import MODEL_REGISTRY
+from dlrm_dist.tune import format_params, trainer_command, tune
 
-TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 DEFAULT_MODELS = ("lr", "fm", "dlrm", "dlrm_dcnv2", "wide_deep", "deepfm", "dcn", "xdeepfm")
 
 
@@ -80,16 +84,30 @@ def parse_models(text: str) -> list[str]:
     return models
 
 
+def model_config(model: str, args: argparse.Namespace) -> str | None:
+    """The recipe one model trains with: its tuned one under `--tune-minutes`, else `--config`."""
+    return str(Path(args.run_dir) / "tuned" / f"{model}.toml") if args.tune_minutes else args.config
+
+
 def train_command(model: str, args: argparse.Namespace, overrides: list[str]) -> list[str]:
     """The command line that trains one model: the user's entry point, only `--model.name` differs."""
-    launcher = [sys.executable]
-    if args.nproc_per_node > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    f"--nproc_per_node={args.nproc_per_node}"]  # fmt: skip
-    return [
-        *launcher, str(TRAIN_SCRIPT), "--data", args.data, "--run-dir", str(Path(args.run_dir) / model),
-        *(["--config", args.config] if args.config else []), *overrides, f"--model.name={model}",
-    ]  # fmt: skip
+    return trainer_command(args.nproc_per_node, args.data, str(Path(args.run_dir) / model),
+                           model_config(model, args), [*overrides, f"--model.name={model}"])  # fmt: skip
+
+
+def tune_model(model: str, args: argparse.Namespace, overrides: list[str]) -> None:
+    """Tunes one model for `--tune-minutes` (unless its tuned recipe exists) into `model_config`."""
+    out = Path(model_config(model, args))
+    if out.exists():
+        print(f"{model}: tuned recipe {out} exists, reusing it", flush=True)
+        return
+    tune_args = argparse.Namespace(
+        data=args.data, config=args.config, out=str(out), budget_minutes=args.tune_minutes,
+        nproc_per_node=args.nproc_per_node, work_dir=str(out.with_suffix(".trials")), keep_trials=False,
+    )  # fmt: skip
+    print(f"{model}: tuning for {args.tune_minutes:g} minutes", flush=True)
+    _, best, _ = tune(tune_args, [*overrides, f"--model.name={model}"])
+    print(f"{model}: tuned, val AUC {best.rung_aucs[-1]:.4f} ({format_params(best.params)})", flush=True)
 
 
 def format_table(results: list[ModelResult], oracle: dict[str, float] | None) -> str:
@@ -140,7 +158,11 @@ def _check_same_config(model_dir: Path, args: argparse.Namespace, overrides: lis
     Raises:
         ValueError: naming the run directory whose config.json differs.
     """
-    expected = load_config(args.config, overrides, {"data": {"path": args.data}, "run_dir": str(model_dir)})
+    expected = load_config(
+        model_config(model_dir.name, args),
+        overrides,
+        {"data": {"path": args.data}, "run_dir": str(model_dir)},
+    )
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise ValueError(f"{model_dir}: has a metrics.json but no config.json; delete that directory")
@@ -170,6 +192,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--synth", help="the `dlrm-prep synth` directory the data came from: adds the oracle AUC row"
     )
+    parser.add_argument(
+        "--tune-minutes", type=float, default=0.0,
+        help="first tune each model with dlrm-tune for this many minutes (by val AUC) and train it with its "
+        "tuned recipe, RUN_DIR/tuned/<model>.toml, so that every family gets its own settings (default 0: "
+        "every model trains with --config as is)",
+    )  # fmt: skip
     return parser
 
 
@@ -179,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         models = parse_models(args.models)
         if args.nproc_per_node < 1:
             raise ValueError(f"--nproc-per-node: must be >= 1, got {args.nproc_per_node}")
+        if args.tune_minutes < 0:
+            raise ValueError(f"--tune-minutes: must be >= 0, got {args.tune_minutes}")
         if any(key == "model" and "name" in value for key, value in parse_overrides(overrides).items()):
             raise ValueError(
                 "--model.name: set by dlrm-compare for each run; choose the models with --models"
@@ -213,6 +243,8 @@ def _train_all(
             _check_same_config(run_dir / model, args, [*overrides, f"--model.name={model}"])
             print(f"[{index}/{len(models)}] {model}: already trained ({metrics_path})", flush=True)
         else:
+            if args.tune_minutes:
+                tune_model(model, args, overrides)
             command = train_command(model, args, overrides)
             print(f"[{index}/{len(models)}] {model}: $ {' '.join(command)}", flush=True)
             if subprocess.run(command).returncode != 0:

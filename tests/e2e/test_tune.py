@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import tomllib
 from pathlib import Path
@@ -71,3 +72,20 @@ def test_bad_arguments_stop_with_one_line(prepared_sample, tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip()
     assert err.startswith("dlrm-tune: error:") and "manifest.json not found" in err and "\n" not in err
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_compare_tunes_each_model_then_trains_it_with_its_tuned_recipe(prepared_sample, tmp_path):
+    from dlrm_dist.compare import main as compare
+
+    run_dir = tmp_path / "compare"
+    args = ["--data", str(prepared_sample), "--config", TINY, "--run-dir", str(run_dir), "--models", "lr",
+            "--tune-minutes", "0.3", "--training.device=cpu"]  # fmt: skip
+    assert compare(args) == 0
+    tuned = run_dir / "tuned" / "lr.toml"
+    assert tuned.is_file() and (run_dir / "lr" / "metrics.json").is_file()
+    # The model trained with the tuned recipe: its resolved config is the tuned one.
+    trained = load_config(tuned).optim
+    config = json.loads((run_dir / "lr" / "config.json").read_text())
+    assert config["optim"]["lr"] == trained.lr and config["optim"]["embedding_lr"] == trained.embedding_lr
