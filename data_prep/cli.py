@@ -2,9 +2,11 @@
 
   dlrm-prep synth   write synthetic Criteo-format days with a planted signal
   dlrm-prep criteo  turn raw Criteo TSV (plain or .gz) into Parquet shards and manifest.json
+  dlrm-prep table   any CSV/TSV/Parquet table (label, dense, categorical, multi-hot columns) into the same
+  dlrm-prep movielens  MovieLens 100K (ml-100k/) into the same, through `table`
 
-This module only parses and validates arguments and prints; the work is in `data_prep.criteo` and
-`data_prep.synth`. Errors print one line naming the bad option, file or line and exit with status 2.
+This module only parses and validates arguments and prints; the work is in `data_prep.criteo`,
+`data_prep.table`, `data_prep.movielens` and `data_prep.synth`. Errors print one line naming the bad option, file or line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import argparse
 import os
 import sys
 
-from data_prep import synth
+from data_prep import movielens, synth, table, table_cli
 from data_prep.criteo import PrepError, PrepOptions, run
 from data_prep.inputs import LAYOUTS, InputError
 from data_prep.manifest import format_summary
@@ -178,6 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_criteo_arguments(criteo_parser)
     criteo_parser.set_defaults(handler=_run_criteo)
+    table_parser = commands.add_parser(
+        "table",
+        help="any CSV/TSV/Parquet table -> Parquet shards + manifest.json",
+        description=table_cli.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    table_cli.add_arguments(table_parser)
+    table_parser.set_defaults(handler=_run_table)
+    movielens_parser = commands.add_parser(
+        "movielens",
+        help="MovieLens 100K -> Parquet shards + manifest.json (through `table`)",
+        description=movielens.__doc__.split("\n\n")[0],
+    )
+    movielens.add_cli_arguments(movielens_parser)
+    movielens_parser.set_defaults(handler=_run_movielens)
     return parser
 
 
@@ -188,6 +205,25 @@ def _run_criteo(args: argparse.Namespace) -> int:
     )
     print(format_summary(manifest))
     print(f"manifest: {os.path.join(options.out, 'manifest.json')}")
+    return 0
+
+
+def _arguments(args: argparse.Namespace) -> dict:
+    return {key: value for key, value in vars(args).items() if key not in ("command", "handler")}
+
+
+def _run_table(args: argparse.Namespace) -> int:
+    options = table_cli.options_from_args(args)
+    manifest = table.run(options, arguments=_arguments(args))
+    print(format_summary(manifest))
+    print(f"manifest: {os.path.join(options.out, 'manifest.json')}")
+    return 0
+
+
+def _run_movielens(args: argparse.Namespace) -> int:
+    manifest = movielens.run_cli(args, arguments=_arguments(args))
+    print(format_summary(manifest))
+    print(f"manifest: {os.path.join(args.out, 'manifest.json')}")
     return 0
 
 

@@ -40,8 +40,10 @@ def vocab_ids(values: np.ndarray, kept_values: np.ndarray) -> np.ndarray:
     return np.where(found, positions + 1, 0).astype(np.int32)
 
 
-def count_chunk(columns: list[np.ndarray], out_prefix: Path) -> None:
+def count_chunk(columns: list[np.ndarray], out_prefix: Path, value_dtype: type = np.uint32) -> None:
     """Writes the sorted (value, count) pairs of each column as `<prefix>.values.npy` / `.counts.npy`.
+
+    `value_dtype` is uint32 for Criteo's hex values, uint64 for `dlrm-prep table`'s hashed strings.
 
     `<prefix>.offsets.npy` holds where each column's pairs start; the three files are written under
     temporary names and renamed, the offsets last, so a present offsets file means a complete count.
@@ -49,12 +51,12 @@ def count_chunk(columns: list[np.ndarray], out_prefix: Path) -> None:
     values_per_column, counts_per_column = [], []
     for column in columns:
         values, counts = np.unique(column, return_counts=True)
-        values_per_column.append(values.astype(np.uint32))
+        values_per_column.append(values.astype(value_dtype))
         counts_per_column.append(counts.astype(np.uint32))
     offsets = np.zeros(len(columns) + 1, np.int64)
     offsets[1:] = np.cumsum([len(v) for v in values_per_column])
     for suffix, array in (
-        ("values", np.concatenate(values_per_column) if columns else np.zeros(0, np.uint32)),
+        ("values", np.concatenate(values_per_column) if columns else np.zeros(0, value_dtype)),
         ("counts", np.concatenate(counts_per_column) if columns else np.zeros(0, np.uint32)),
         ("offsets", offsets),
     ):
@@ -72,7 +74,7 @@ def _load(prefix: Path, suffix: str) -> np.ndarray:
 
 
 def reduce_column(
-    count_prefixes: list[Path], column: int, min_count: int, memory_budget: int
+    count_prefixes: list[Path], column: int, min_count: int, memory_budget: int, value_bits: int = 32
 ) -> tuple[np.ndarray, int]:
     """Sums one column's spilled counts and keeps the values seen at least `min_count` times.
 
@@ -81,6 +83,7 @@ def reduce_column(
         column: index of the categorical column (0 for C1).
         min_count: the threshold K.
         memory_budget: bytes one partition's pairs may take while they are summed.
+        value_bits: 32 (uint32 values) or 64 (uint64, `dlrm-prep table`); partitions split this range.
 
     Returns:
         (kept_values, num_partitions): the sorted uint32 values that get ids 1..n, and how many
@@ -96,13 +99,19 @@ def reduce_column(
     while (total_pairs >> partition_bits) * _BYTES_PER_PAIR > memory_budget and partition_bits < 16:
         partition_bits += 1
     kept = []
+    value_type = np.uint32 if value_bits == 32 else np.uint64
     for partition in range(1 << partition_bits):
-        low = partition << (32 - partition_bits)
-        high = (partition + 1) << (32 - partition_bits)
+        low = partition << (value_bits - partition_bits)
+        high = (partition + 1) << (value_bits - partition_bits)
         part_values, part_counts = [], []
         for values, counts in slices:
             # Each chunk's pairs are sorted by value, so a partition is one contiguous range of them.
-            begin, end = np.searchsorted(values, [low, high]) if partition_bits else (0, len(values))
+            # The last partition's upper end, 2**value_bits, does not fit the value type: it ends the array.
+            if not partition_bits:
+                begin, end = 0, len(values)
+            else:
+                begin = int(np.searchsorted(values, value_type(low)))
+                end = len(values) if high >> value_bits else int(np.searchsorted(values, value_type(high)))
             part_values.append(np.asarray(values[begin:end]))
             part_counts.append(np.asarray(counts[begin:end]))
         if not part_values:
@@ -113,5 +122,5 @@ def reduce_column(
         distinct, inverse = np.unique(merged_values, return_inverse=True)
         totals = np.bincount(inverse, weights=np.concatenate(part_counts), minlength=len(distinct))
         kept.append(distinct[totals >= min_count])
-    kept_values = np.concatenate(kept).astype(np.uint32) if kept else np.zeros(0, np.uint32)
+    kept_values = np.concatenate(kept).astype(value_type) if kept else np.zeros(0, value_type)
     return kept_values, 1 << partition_bits

@@ -1,0 +1,214 @@
+"""The units of work that `dlrm-prep table` farms out to worker processes.
+
+As in `data_prep.tasks` (Criteo's), every task writes its outputs under a temporary name and renames
+them when complete, takes only picklable arguments and returns a small dict. A parsed chunk holds the
+kept rows as `line` (1-based within the chunk), `label`, `d0..` (cleaned dense), `c0..` (uint64 value
+hashes, 0 = missing; `list<uint64>` for multi-hot).
+
+A piece of a split is `(chunk path, start, stop, split_code, file_index, first_line)`: rows
+[start, stop) of the chunk, counted among the rows of split `split_code` when the split is random
+(recomputed from each row's line, see `data_prep.table_hash`), or among all rows when it is -1.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from data_prep import encode
+from data_prep.inputs import InputFile, read_plain_chunk
+from data_prep.parse import BadRowError
+from data_prep.table_hash import random_split_codes
+from data_prep.table_parse import ParsedTable, TableSpec, parse_batch, parse_text
+from data_prep.tasks import chunk_name, count_lines_before, write_json_atomic
+
+Piece = tuple[str, int, int, int, int, int]
+
+
+def _save(
+    parsed: ParsedTable, chunk_dir: Path, name: str, where: str, first_line: int, on_bad_row: str
+) -> dict:
+    if on_bad_row == "error" and parsed.bad.total:
+        line, reason, detail = min(parsed.bad.examples)
+        raise BadRowError(f"{where}:{first_line + line}: bad row ({reason}): {detail}")
+    temporary = chunk_dir / f"{name}.arrow.tmp"
+    with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_file(sink, parsed.table.schema) as writer:
+        writer.write_table(parsed.table)
+    os.replace(temporary, chunk_dir / f"{name}.arrow")
+    meta = {
+        "num_lines": parsed.num_lines,
+        "rows": parsed.table.num_rows,
+        "bad_counts": parsed.bad.counts,
+        "bad_examples": parsed.bad.examples,
+    }
+    write_json_atomic(chunk_dir / f"{name}.json", meta)
+    return {"rows": meta["rows"], "lines": meta["num_lines"]}
+
+
+def parse_text_chunk(
+    input_file: InputFile,
+    file_index: int,
+    chunk_index: int,
+    chunk_bytes: int,
+    chunk_dir: str,
+    spec: TableSpec,
+    header: bool,
+    on_bad_row: str,
+) -> dict[str, Any]:
+    """Parses the lines that start in one byte range of a CSV/TSV file (the header line left out)."""
+    data, start = read_plain_chunk(input_file, chunk_index, chunk_bytes)
+    skipped = 0
+    if header and start == 0:
+        cut = data.find(b"\n") + 1
+        data, skipped = (data[cut:], 1) if cut else (b"", 1)
+    parsed = parse_text(data, spec)
+    if on_bad_row == "error" and parsed.bad.total:
+        # Only then are the lines before the chunk counted, to name the file's line.
+        first_line = count_lines_before(input_file.path, start) if start else skipped
+    else:
+        first_line = 0
+    return _save(
+        parsed, Path(chunk_dir), chunk_name(file_index, chunk_index), input_file.name, first_line, on_bad_row
+    )
+
+
+def parse_parquet_group(
+    input_file: InputFile, file_index: int, group: int, chunk_dir: str, spec: TableSpec, on_bad_row: str
+) -> dict[str, Any]:
+    """Parses row group `group` of a Parquet file; its rows' lines are row numbers within the group."""
+    parquet = pq.ParquetFile(input_file.path)
+    table = parquet.read_row_group(group, columns=spec.needed)
+    first_row = sum(parquet.metadata.row_group(index).num_rows for index in range(group))
+    parsed = parse_batch(table, spec)
+    return _save(
+        parsed, Path(chunk_dir), chunk_name(file_index, group), input_file.name, first_row, on_bad_row
+    )
+
+
+def read_piece(piece: Piece, fractions: tuple[float, float, float], seed: int) -> pa.Table:
+    """The rows of one piece, in order."""
+    path, start, stop, code, file_index, first_line = piece
+    with pa.memory_map(path) as source:
+        table = pa.ipc.open_file(source).read_all()
+    if code >= 0:
+        lines = table.column("line").to_numpy().astype(np.int64) + first_line
+        codes = random_split_codes(seed, file_index, lines, fractions)
+        table = table.filter(pa.array(codes == code))
+    return table.slice(start, stop - start)
+
+
+def _values(column: pa.ChunkedArray) -> np.ndarray:
+    if pa.types.is_list(column.type):
+        return pc.list_flatten(column).to_numpy()
+    return column.to_numpy()
+
+
+def count_train_rows(
+    pieces: list[Piece], out_prefix: str, num_categorical: int, fractions: tuple, seed: int
+) -> dict[str, Any]:
+    """Spills the (hash, count) pairs of each categorical column of train rows; missing is not counted."""
+    table = pa.concat_tables([read_piece(piece, fractions, seed) for piece in pieces])
+    columns = []
+    for index in range(num_categorical):
+        values = _values(table.column(f"c{index}"))
+        columns.append(values[values != 0])
+    encode.count_chunk(columns, Path(out_prefix), value_dtype=np.uint64)
+    return {"rows": table.num_rows}
+
+
+def build_vocab_column(
+    count_prefixes: list[str], column: int, min_count: int, memory_budget: int, out_path: str
+) -> dict[str, Any]:
+    kept, _ = encode.reduce_column([Path(p) for p in count_prefixes], column, min_count, memory_budget, 64)
+    temporary = out_path + ".tmp.npy"
+    np.save(temporary, kept)
+    os.replace(temporary, out_path)
+    return {"column": column, "kept": len(kept)}
+
+
+def _ids(
+    hashes: np.ndarray, index: int, hash_buckets: list[int] | None, vocabularies: list | None
+) -> np.ndarray:
+    if vocabularies is not None:
+        return encode.vocab_ids(hashes, vocabularies[index])
+    return (hashes % np.uint64(hash_buckets[index])).astype(np.int32)
+
+
+def _encode(table: pa.Table, schema: pa.Schema, hash_buckets: list[int] | None, vocabularies: list | None):
+    arrays = [table.column("label")]
+    num_dense = sum(1 for name in table.column_names if name.startswith("d"))
+    arrays += [table.column(f"d{index}") for index in range(num_dense)]
+    lengths = []
+    for index in range(len(schema) - 1 - num_dense):
+        column = table.column(f"c{index}").combine_chunks()
+        if pa.types.is_list(column.type):
+            offsets = column.offsets.to_numpy()
+            ids = _ids(column.flatten().to_numpy(), index, hash_buckets, vocabularies)
+            arrays.append(pa.ListArray.from_arrays(pa.array(offsets - offsets[0]), pa.array(ids)))
+            lengths.append(np.diff(offsets))
+        else:
+            arrays.append(pa.array(_ids(column.to_numpy(), index, hash_buckets, vocabularies)))
+    return pa.Table.from_arrays(arrays, schema=schema), lengths
+
+
+def write_shard(
+    pieces: list[Piece],
+    out_path: str,
+    schema: pa.Schema,
+    hash_buckets: list[int] | None,
+    vocab_paths: list[str] | None,
+    row_group_rows: int,
+    compression: str,
+    fractions: tuple[float, float, float],
+    seed: int,
+    bag_stats_path: str | None,
+) -> dict[str, Any]:
+    """Writes one Parquet shard from pieces of parsed chunks, a row group at a time.
+
+    `bag_stats_path` (train shards with multi-hot features) receives the shard's rows and the sum and
+    maximum of each multi-hot column's bag lengths, before the shard is renamed into place.
+    """
+    vocabularies = [np.load(path, mmap_mode="r") for path in vocab_paths] if vocab_paths else None
+    temporary = out_path + ".tmp"
+    rows = 0
+    sums: list[int] = []
+    maxima: list[int] = []
+    with pq.ParquetWriter(temporary, schema, compression=compression) as writer:
+        pending: list[pa.Table] = []
+        pending_rows = 0
+
+        def flush() -> None:
+            encoded, lengths = _encode(pa.concat_tables(pending), schema, hash_buckets, vocabularies)
+            writer.write_table(encoded, row_group_size=row_group_rows)
+            if not sums:
+                sums.extend([0] * len(lengths))
+                maxima.extend([0] * len(lengths))
+            for index, bag_lengths in enumerate(lengths):
+                sums[index] += int(bag_lengths.sum())
+                maxima[index] = max(maxima[index], int(bag_lengths.max(initial=0)))
+
+        for piece in pieces:
+            table = read_piece(piece, fractions, seed)
+            position = 0
+            while position < table.num_rows:
+                take = min(table.num_rows - position, row_group_rows - pending_rows)
+                pending.append(table.slice(position, take))
+                pending_rows += take
+                position += take
+                if pending_rows == row_group_rows:
+                    flush()
+                    rows += pending_rows
+                    pending, pending_rows = [], 0
+        if pending_rows:
+            flush()
+            rows += pending_rows
+    if bag_stats_path is not None:
+        write_json_atomic(Path(bag_stats_path), {"rows": rows, "sum": sums, "max": maxima})
+    os.replace(temporary, out_path)
+    return {"rows": rows}
