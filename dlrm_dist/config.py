@@ -26,6 +26,7 @@ LR_DECAYS = ("none", "linear", "cosine")
 LR_SCALINGS = ("auto", "sqrt", "linear", "none")
 DEVICES = ("auto", "cpu", "cuda")
 POOLINGS = ("sum", "mean")
+PRECISIONS = ("fp32", "bf16", "fp16")
 # Sharding types whose tables are split by rows, so TorchRec takes a bag's mean after the reduce-scatter.
 ROW_SPLIT_SHARDING_TYPES = ("row_wise", "table_row_wise")
 
@@ -222,12 +223,19 @@ class TrainingConfig:
     """Steps between loss logs; the only steps that synchronise host and device in the loop."""
     target_auc: float = 0.0
     """Stop early once validation AUC reaches this (0: never)."""
+    precision: str = "fp32"
+    """fp32, or bf16: the dense part (MLPs, interactions) under autocast in bfloat16, on CPU and CUDA;
+    embeddings, optimizer state, loss and AUC stay fp32. fp16 is refused (see dlrm_dist.precision)."""
+    compile: bool = False
+    """Compile the dense sub-networks (every part of the model without embedding tables) with
+    torch.compile; a part that cannot be compiled runs eagerly, with one warning line."""
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "training.epochs", f"must be >= 1, got {self.epochs}")
         _require(self.max_steps >= 0, "training.max_steps", f"must be >= 0, got {self.max_steps}")
         _require(self.batch_size >= 1, "training.batch_size", f"must be >= 1, got {self.batch_size}")
         _require_choice(self.device, "training.device", DEVICES)
+        _require_choice(self.precision, "training.precision", PRECISIONS)
         _require(
             self.log_every_steps >= 1, "training.log_every_steps", f"must be >= 1, got {self.log_every_steps}"
         )

@@ -33,6 +33,7 @@ from dlrm_dist.models.tables import default_feature_names
 from dlrm_dist.models.train_module import CTRTrainModule
 from dlrm_dist.monitor import build_monitor
 from dlrm_dist.optim import build_lr_scheduler, build_optimizer, scaled_learning_rates
+from dlrm_dist.precision import autocast_dtype, compile_dense_parts
 from dlrm_dist.sharding import embedding_bytes_per_rank, plan_to_text, shard_model
 
 
@@ -166,7 +167,9 @@ class Trainer:
 
         self.features = data_features(manifest, cfg.model, cfg.data.path)
         torch.manual_seed(cfg.training.seed)
-        model = CTRTrainModule(build_model(cfg.model, self.features, dense_device=ctx.device))
+        net = build_model(cfg.model, self.features, dense_device=ctx.device)
+        self.compiled = compile_dense_parts(net) if cfg.training.compile else []
+        model = CTRTrainModule(net, autocast_dtype(cfg.training.precision, ctx.device.type), ctx.device.type)
         # Counted before sharding, while every table is whole: the same on every rank and world size.
         self.dense_parameters, self.sparse_parameters = parameter_counts(model)
         # The rates this run uses: the recipe's, scaled to this batch size when it names a reference one.
@@ -389,6 +392,8 @@ class Trainer:
                 "reached_target_auc": reached_target,
             },
             "world_size": self.ctx.world_size,
+            "precision": self.cfg.training.precision,
+            "compiled": self.compiled,
             # The peak rates used (after `optim.reference_batch_size` scaling), beside the recipe's.
             "learning_rates": {
                 "lr": self.optim.lr,
