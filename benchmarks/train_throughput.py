@@ -1,17 +1,24 @@
-"""Training samples/s of `dlrm-train` against a plain PyTorch DLRM, measured in the same run.
+"""Training samples/s of `dlrm-train` against the DLRM paper's own implementation, in the same run.
 
+  reference:  facebookresearch/dlrm `dlrm_s_pytorch.py` (the unmodified copy in ../shared/anchors, run
+              as a separate process from a scratch directory): random one-hot data generated in memory,
+              SGD for tables and MLPs, fp32, all cores.
   dlrm-dist:  `dlrm-train` reading prepared Parquet shards (background reader, KeyedJaggedTensor,
-              TorchRec sharded tables with the fused row-wise Adagrad, DDP MLPs with dense Adagrad), on
-              1 rank (all cores as intra-op threads) and on 2 ranks started by torchrun (gloo, 1 thread each).
-  baseline:   `benchmarks/plain_dlrm.py`: one `nn.EmbeddingBag` per feature, the same MLPs, one dense
-              Adagrad over every parameter, the split already in memory as tensors, all cores.
+              TorchRec sharded tables with the fused SGD, DDP MLPs with SGD), on 1 rank (all cores as
+              intra-op threads) and on 2 ranks started by torchrun (gloo, 1 thread each); fp32, then
+              `--training.precision=bf16`, then `--training.compile=true`.
+  extra row:  `benchmarks/plain_dlrm.py`, a plain PyTorch DLRM over in-memory tensors with one dense
+              Adagrad over every parameter (the former baseline, kept for comparison only).
 
-Both use the `criteo_kaggle` shapes: 26 tables of 100k rows (`dlrm-prep criteo --hash-buckets 100000`),
-D = 16, bottom MLP 512-256-64-16, top MLP 512-256-1, batch 2048. Prints samples/s of each and the ratio
-dlrm-dist / baseline (target >= 1.0), then where one rank's time goes (data wait, embedding lookup and
-fused update, MLPs and interaction, dense optimizer), from a torch.profiler pass over the same steps.
+Shapes (the issue's): 26 tables of 100k rows x D 16, bottom MLP 13-512-256-64-16, top 367-512-256-1,
+batch 2048. The reference and the dlrm-train rows alternate over `--rounds` rounds; the table shows
+each row's median and its ratio to the reference's median (targets: fp32 >= 1.2, bf16 >= 2.0). Then
+where one rank's step goes (data wait, embedding lookup and fused update, MLPs and interaction, dense
+optimizer), from a torch.profiler pass over the same steps.
 
-    .venv/bin/python benchmarks/train_throughput.py [--steps 60] [--workdir /tmp/train-bench]
+    .venv/bin/python benchmarks/train_throughput.py [--steps 60] [--rounds 3] [--workdir /tmp/train-bench]
+
+Needs scikit-learn (the reference imports it): `pip install -e .[bench]`.
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -30,11 +40,21 @@ from torch.profiler import ProfilerActivity, profile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+REFERENCE = REPO_ROOT.parent / "shared" / "anchors" / "facebookresearch-dlrm" / "dlrm_s_pytorch.py"
+BATCH = 2048
+# The reference's settings: SGD at 0.1 for tables and MLPs, no warmup or decay, fp32.
 SHAPES = [
     "--model.name=dlrm", "--model.embedding_dim=16", "--model.bottom_mlp=512,256,64,16",
-    "--model.top_mlp=512,256,1", "--training.batch_size=2048",
-    "--optim.embedding_optimizer=rowwise_adagrad", "--optim.dense_optimizer=adagrad",
+    "--model.top_mlp=512,256,1", f"--training.batch_size={BATCH}", f"--optim.reference_batch_size={BATCH}",
+    "--optim.embedding_optimizer=sgd", "--optim.dense_optimizer=sgd", "--optim.lr=0.1",
+    "--optim.embedding_lr=0.1", "--optim.warmup_steps=0", "--optim.decay=none",
 ]  # fmt: skip
+VARIANTS = {
+    "fp32": [],
+    "bf16": ["--training.precision=bf16"],
+    "fp32, compiled": ["--training.compile=true"],
+    "bf16, compiled": ["--training.precision=bf16", "--training.compile=true"],
+}
 
 
 def prepare(work: Path, rows_per_day: int) -> Path:
@@ -48,7 +68,27 @@ def prepare(work: Path, rows_per_day: int) -> Path:
     return prepared
 
 
-def dlrm_train(prepared: Path, run_dir: Path, ranks: int, steps: int) -> dict:
+def reference(work: Path, steps: int) -> float:
+    """Samples/s of facebookresearch/dlrm on the same shapes, leaving out its first (warm-up) window."""
+    scratch = work / "reference"
+    scratch.mkdir(parents=True, exist_ok=True)
+    window = max(5, steps // 4)
+    command = [
+        sys.executable, str(REFERENCE), "--arch-sparse-feature-size", "16",
+        "--arch-embedding-size", "-".join(["100000"] * 26), "--arch-mlp-bot", "13-512-256-64-16",
+        "--arch-mlp-top", "512-256-1", "--data-generation", "random", "--mini-batch-size", str(BATCH),
+        "--num-batches", str(window * 4), "--num-indices-per-lookup", "1",
+        "--num-indices-per-lookup-fixed", "True", "--print-freq", str(window), "--print-time",
+        "--loss-function", "bce", "--round-targets", "True", "--learning-rate", "0.1", "--nepochs", "1",
+    ]  # fmt: skip
+    output = subprocess.run(command, check=True, capture_output=True, text=True, cwd=scratch).stdout
+    times = [float(match) for match in re.findall(r"([0-9.]+) ms/it", output)]
+    if len(times) < 2:
+        raise RuntimeError(f"no timing in the reference's output:\n{output[-2000:]}")
+    return BATCH / (statistics.mean(times[1:]) / 1000)
+
+
+def dlrm_train(prepared: Path, run_dir: Path, ranks: int, steps: int, extra: list[str] = ()) -> dict:
     """Runs dlrm-train on `ranks` local ranks; returns its metrics.json `train` section."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
     command = [
@@ -56,8 +96,9 @@ def dlrm_train(prepared: Path, run_dir: Path, ranks: int, steps: int) -> dict:
         "--config", str(REPO_ROOT / "configs/criteo_kaggle.toml"), "--data", str(prepared),
         "--run-dir", str(run_dir), *SHAPES, f"--training.max_steps={steps}", "--training.device=cpu",
         "--checkpoint.enabled=false", "--metrics.progress_bar=false", "--metrics.tensorboard=false",
-        "--eval.every_steps=0", f"--training.log_every_steps={steps}",
+        "--eval.every_steps=0", f"--training.log_every_steps={steps}", *extra,
     ]  # fmt: skip
+    shutil.rmtree(run_dir, ignore_errors=True)
     subprocess.run(command, check=True, capture_output=True)
     return json.loads((run_dir / "metrics.json").read_text())["train"]
 
@@ -150,38 +191,71 @@ def main(argv: list[str] | None = None) -> int:
         "--steps", type=int, default=60, help="training steps of each measurement (default 60)"
     )
     parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds; medians are shown (default 3)"
+    )
+    parser.add_argument(
         "--rows-per-day", type=int, default=160_000, help="synthetic rows per day (default 160000)"
     )
     parser.add_argument(
         "--workdir", default="/tmp/train-bench", help="scratch directory (data kept for reruns)"
     )
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"dlrm-train rows (default: {','.join(VARIANTS)})"
+    )
+    parser.add_argument("--skip-breakdown", action="store_true", help="leave out the per-phase breakdown")
     args = parser.parse_args(argv)
     work = Path(args.workdir)
     prepared = prepare(work, args.rows_per_day)
     cores = os.cpu_count() or 1
-    print(f"criteo_kaggle shapes, batch 2048, {args.steps} steps each, {cores} cores")
-    print(f"{'trainer':<52}{'samples/s':>11}{'vs baseline':>13}{'data wait':>11}")
-    baseline = plain_baseline(prepared, args.steps)["samples_per_sec"]
-    print(f"{'plain PyTorch DLRM, in-memory tensors (baseline)':<52}{baseline:>11,.0f}{1.0:>13.2f}{'-':>11}")
-    results = {}
-    for ranks in (1, 2):
-        stats = dlrm_train(prepared, work / f"run-{ranks}", ranks, args.steps)
-        results[ranks] = stats["samples_per_sec"]
-        label = f"dlrm-train, Parquet, {ranks} rank{'s' if ranks > 1 else ''}"
-        print(f"{label:<52}{results[ranks]:>11,.0f}{results[ranks] / baseline:>13.2f}"
-              f"{stats['data_wait_fraction']:>10.1%}")  # fmt: skip
-    best = max(results, key=results.get)
-    ratio = results[best] / baseline
+    variants = [name.strip() for name in args.variants.split(",")]
     print(
-        f"\nbest dlrm-dist ({best} rank(s)) / baseline: {ratio:.2f} (target >= 1.0): {'PASS' if ratio >= 1 else 'FAIL'}"
+        f"criteo_kaggle shapes, batch {BATCH}, SGD, {args.steps} steps each, {args.rounds} rounds, {cores} cores"
     )
+    rows: dict[str, list[float]] = {"reference (facebookresearch/dlrm, fp32)": []}
+    for variant in variants:
+        for ranks in (1, 2):
+            rows[f"dlrm-train, {ranks} rank{'s' if ranks > 1 else ''}, {variant}"] = []
+    waits: dict[str, float] = {}
+    for round_index in range(args.rounds):
+        rows["reference (facebookresearch/dlrm, fp32)"].append(reference(work, args.steps))
+        for variant in variants:
+            for ranks in (1, 2):
+                label = f"dlrm-train, {ranks} rank{'s' if ranks > 1 else ''}, {variant}"
+                stats = dlrm_train(prepared, work / f"run-{ranks}", ranks, args.steps, VARIANTS[variant])
+                rows[label].append(stats["samples_per_sec"])
+                waits[label] = stats["data_wait_fraction"]
+        print(f"round {round_index + 1}: " + ", ".join(f"{v[-1]:,.0f}" for v in rows.values()), flush=True)
+    plain = plain_baseline(prepared, args.steps)["samples_per_sec"]
+    anchor = statistics.median(rows["reference (facebookresearch/dlrm, fp32)"])
+    print("\n| trainer | samples/s (median) | per round | vs reference | data wait |")
+    print("|---|---|---|---|---|")
+    for label, values in rows.items():
+        median = statistics.median(values)
+        wait = f"{waits[label]:.1%}" if label in waits else "-"
+        per_round = " / ".join(f"{value:,.0f}" for value in values)
+        print(f"| {label} | {median:,.0f} | {per_round} | {median / anchor:.2f} | {wait} |")
+    print(f"| extra: plain PyTorch DLRM, in-memory tensors, dense Adagrad (former baseline) | {plain:,.0f} | "
+          f"1 round | {plain / anchor:.2f} | - |")  # fmt: skip
+    for variant, target in (("fp32", 1.2), ("bf16", 2.0)):
+        if variant not in variants:
+            continue
+        best = max(
+            statistics.median(rows[f"dlrm-train, {r} rank{'s' if r > 1 else ''}, {variant}"]) for r in (1, 2)
+        )
+        verdict = "PASS" if best / anchor >= target else "FAIL"
+        print(
+            f"best dlrm-train {variant} / reference fp32: {best / anchor:.2f} (target >= {target}): {verdict}"
+        )
 
-    torch.set_num_threads(cores)
-    phases = time_breakdown(prepared, work, args.steps)
-    step_time = sum(phases.values())
-    print(f"\nwhere one rank's step goes ({step_time * 1e3:.1f} ms per step of 2048 samples, 1 rank):")
-    for name, seconds in phases.items():
-        print(f"  {name:<46}{seconds * 1e3:>8.1f} ms {seconds / step_time:>7.1%}")
+    if not args.skip_breakdown:
+        torch.set_num_threads(cores)
+        phases = time_breakdown(prepared, work, args.steps)
+        step_time = sum(phases.values())
+        print(
+            f"\nwhere one rank's step goes ({step_time * 1e3:.1f} ms per step of {BATCH} samples, 1 rank, fp32):"
+        )
+        for name, seconds in phases.items():
+            print(f"  {name:<46}{seconds * 1e3:>8.1f} ms {seconds / step_time:>7.1%}")
     return 0
 
 
