@@ -17,6 +17,8 @@ How a row is drawn:
 - The label is Bernoulli(sigmoid(logit)), the logit summing a bias calibrated to a 25% positive rate,
   per-value effects of some categorical columns, joint effects of a few column pairs (no marginal part, so
   only a model that crosses the two columns can learn it) and linear effects of log1p of a few integers.
+- `data_prep.synth_signal.SignalKnobs` sets the Zipf exponent, the scale of each of the three parts and
+  whether pair effects are hashed or latent (low rank); the defaults reproduce the bytes above exactly.
 
 Multi-hot (`multi_hot_sizes`, e.g. MLPerf DLRMv2's `MLPERF_MULTI_HOT_SIZES`): a present field of column f
 holds exactly size_f values joined by commas (the TSV convention of `data_prep.parse`); a missing field
@@ -45,6 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from tqdm import tqdm
 
+from data_prep import synth_signal
 from data_prep.oracle import METADATA_FILE, auc_from_counts
 from data_prep.schema import (
     DENSE_COLUMNS,
@@ -55,13 +58,14 @@ from data_prep.schema import (
     RAW_COLUMNS,
     SPARSE_COLUMNS,
 )
+from data_prep.synth_signal import DEFAULT_SIGNAL, SignalKnobs
 
 DEFAULT_CARDINALITY_CAP = 100_000
 # Kaggle's shape with the seven multi-million columns capped, so a laptop can hold and train every table.
 DEFAULT_CARDINALITIES: tuple[int, ...] = tuple(min(c, DEFAULT_CARDINALITY_CAP) for c in KAGGLE_CARDINALITIES)
 MAX_CARDINALITY = 2**32  # vocabularies are distinct 32-bit values
 TARGET_POSITIVE_RATE = 0.25
-ZIPF_EXPONENT = 1.1
+ZIPF_EXPONENT = synth_signal.DEFAULT_ZIPF_EXPONENT
 ONE_HOT_SIZES: tuple[int, ...] = (1,) * NUM_SPARSE
 # Values per present field of C1..C26 in MLPerf DLRMv2's multi-hot Criteo (materialize_synthetic_multihot).
 MLPERF_MULTI_HOT_SIZES: tuple[int, ...] = (
@@ -141,7 +145,9 @@ _DENSE_EFFECT_WEIGHTS: tuple[tuple[str, float], ...] = (
 )
 
 # Tags that separate the independent random streams derived from one seed.
-_VOCAB_STREAM, _EFFECT_STREAM, _PAIR_STREAM, _ROW_STREAM, _CALIBRATION_STREAM, _BAG_STREAM = range(6)
+_VOCAB_STREAM, _EFFECT_STREAM, _PAIR_STREAM, _ROW_STREAM, _CALIBRATION_STREAM, _BAG_STREAM, _LATENT_STREAM = (
+    range(7)
+)
 _CALIBRATION_ROWS = 1 << 16
 _AUC_BINS = 1 << 20  # probability buckets of the streaming per-day AUC: ties below 1e-6 apart
 
@@ -177,6 +183,9 @@ class _ClickModel:
     """(dense column index, weight on log1p of the value)."""
     multi_hot_sizes: tuple[int, ...] = ONE_HOT_SIZES
     """Values per present field of C1..C26 (all 1: one-hot)."""
+    zipf_exponent: float = ZIPF_EXPONENT
+    pair_factors: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
+    """Per pair, the (rows of a, K) and (rows of b, K) latent factors; empty: hashed joint effects."""
     bias: float = 0.0
 
     @property
@@ -219,9 +228,13 @@ def _hex_vocabulary(values: np.ndarray) -> pa.StringArray:
 
 
 def _build_click_model(
-    seed: int, cardinalities: tuple[int, ...], multi_hot_sizes: tuple[int, ...] = ONE_HOT_SIZES
+    seed: int,
+    cardinalities: tuple[int, ...],
+    multi_hot_sizes: tuple[int, ...] = ONE_HOT_SIZES,
+    signal: SignalKnobs = DEFAULT_SIGNAL,
 ) -> _ClickModel:
-    """Draws vocabularies and effects; each column has its own stream so resizing one changes no other."""
+    """Draws vocabularies and effects; each column has its own stream so resizing one changes no other.
+    A knob at its default multiplies by exactly 1.0, so the default model is the one drawn before knobs."""
     vocabularies = tuple(
         _hex_vocabulary(
             np.random.default_rng([seed, _VOCAB_STREAM, column])
@@ -234,21 +247,51 @@ def _build_click_model(
     for name, scale in _VALUE_EFFECT_SCALES:
         column = SPARSE_COLUMNS.index(name)
         rng = np.random.default_rng([seed, _EFFECT_STREAM, column])
-        value_effects.append((column, scale * rng.standard_normal(cardinalities[column])))
+        value_effects.append(
+            (column, scale * signal.value_scale() * rng.standard_normal(cardinalities[column]))
+        )
     pair_effects = tuple(
         (
             SPARSE_COLUMNS.index(name_a),
             SPARSE_COLUMNS.index(name_b),
-            scale,
+            scale * signal.pair_scale(),
             int(np.random.default_rng([seed, _PAIR_STREAM, pair]).integers(2**63)),
         )
         for pair, (name_a, name_b, scale) in enumerate(_PAIR_EFFECT_SCALES)
     )
-    dense_effects = tuple((DENSE_COLUMNS.index(name), weight) for name, weight in _DENSE_EFFECT_WEIGHTS)
+    pair_factors = ()
+    if signal.pair_rank:
+        pair_factors = tuple(
+            _latent_factors(seed, pair, cardinalities[column_a], cardinalities[column_b], signal.pair_rank)
+            for pair, (column_a, column_b, _, _) in enumerate(pair_effects)
+        )
+    dense_effects = tuple(
+        (DENSE_COLUMNS.index(name), weight * signal.dense_scale()) for name, weight in _DENSE_EFFECT_WEIGHTS
+    )
     model = _ClickModel(
-        cardinalities, vocabularies, tuple(value_effects), pair_effects, dense_effects, multi_hot_sizes
+        cardinalities,
+        vocabularies,
+        tuple(value_effects),
+        pair_effects,
+        dense_effects,
+        multi_hot_sizes,
+        zipf_exponent=signal.zipf_exponent,
+        pair_factors=pair_factors,
     )
     return dataclasses.replace(model, bias=_calibrate_bias(model, seed))
+
+
+def _latent_factors(
+    seed: int, pair: int, cardinality_a: int, cardinality_b: int, rank: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Standard normal (rows, rank) factors of both columns of one pair, scaled by rank**-0.25 each so
+    that u_a . v_b has unit variance whatever the rank. float32: a 1M-row column at rank 8 is 32 MB."""
+    rng = np.random.default_rng([seed, _LATENT_STREAM, pair])
+    scale = np.float32(rank**-0.25)
+    return tuple(
+        rng.standard_normal((cardinality, rank), dtype=np.float32) * scale
+        for cardinality in (cardinality_a, cardinality_b)
+    )
 
 
 def _row_uniforms(
@@ -287,10 +330,14 @@ def _split_missing(uniform: np.ndarray, missing_rate: float) -> tuple[np.ndarray
     return missing, np.clip(value_uniform, 0.0, np.nextafter(1.0, 0.0))
 
 
-def _zipf_ranks(uniform: np.ndarray, cardinality: int) -> np.ndarray:
+def _zipf_ranks(uniform: np.ndarray, cardinality: int, exponent: float = ZIPF_EXPONENT) -> np.ndarray:
     """Inverse CDF of a power law on [1, N + 1), floored: a bounded Zipf law in closed form, so a column
-    of millions of values costs what a column of ten does (no probability table, no search)."""
-    one_minus_s = 1.0 - ZIPF_EXPONENT
+    of millions of values costs what a column of ten does (no probability table, no search). Exponent 0
+    is uniform over the N values; at exactly 1 the closed form is the log-uniform one."""
+    if exponent == 1.0:
+        ranks = np.floor((cardinality + 1.0) ** uniform) - 1.0
+        return np.clip(ranks, 0, cardinality - 1).astype(np.int64)
+    one_minus_s = 1.0 - exponent
     top = (cardinality + 1.0) ** one_minus_s
     ranks = np.floor((1.0 + uniform * (top - 1.0)) ** (1.0 / one_minus_s)) - 1.0
     return np.clip(ranks, 0, cardinality - 1).astype(np.int64)
@@ -353,10 +400,10 @@ def _draw_features(
             continue
         uniform = uniforms[1 + len(_DENSE_SPECS) + column]
         missing, value_uniform = _split_missing(uniform, missing_rates.get(SPARSE_COLUMNS[column], 0.0))
-        ranks = _zipf_ranks(value_uniform, cardinality)[None]
+        ranks = _zipf_ranks(value_uniform, cardinality, model.zipf_exponent)[None]
         size = model.multi_hot_sizes[column]
         if size > 1:
-            extra_ranks = _zipf_ranks(bag_uniforms(column, size - 1), cardinality)
+            extra_ranks = _zipf_ranks(bag_uniforms(column, size - 1), cardinality, model.zipf_exponent)
             ranks = np.concatenate([ranks, extra_ranks])
         if as_text:
             values = [
@@ -369,13 +416,21 @@ def _draw_features(
     # A bag's effect is the mean over its values (exactly the value's effect for one-hot).
     for column, effect_per_rank in model.value_effects:
         logits += np.where(sparse_missing[column], 0.0, effect_per_rank[sparse_ranks[column]].mean(axis=0))
-    for column_a, column_b, scale, key in model.pair_effects:
+    for pair, (column_a, column_b, scale, key) in enumerate(model.pair_effects):
         ranks_a, ranks_b = sparse_ranks[column_a], sparse_ranks[column_b]
-        pair_sum = sum(
-            _pair_normal(rank_a, rank_b, model.cardinalities[column_b], key)
-            for rank_a in ranks_a
-            for rank_b in ranks_b
-        )
+        if model.pair_factors:
+            factors_a, factors_b = model.pair_factors[pair]
+            pair_sum = sum(
+                np.einsum("rk,rk->r", factors_a[rank_a], factors_b[rank_b], dtype=np.float64)
+                for rank_a in ranks_a
+                for rank_b in ranks_b
+            )
+        else:
+            pair_sum = sum(
+                _pair_normal(rank_a, rank_b, model.cardinalities[column_b], key)
+                for rank_a in ranks_a
+                for rank_b in ranks_b
+            )
         joint_effect = scale * (pair_sum / (len(ranks_a) * len(ranks_b)))
         either_missing = sparse_missing[column_a] | sparse_missing[column_b]
         logits += np.where(either_missing, 0.0, joint_effect)
@@ -473,6 +528,7 @@ def generate(
     gzip: bool = False,
     cardinalities: Sequence[int] | None = None,
     multi_hot_sizes: Sequence[int] | None = None,
+    signal: SignalKnobs | None = None,
     chunk_rows: int = 65536,
     progress: bool = True,
 ) -> SynthSummary:
@@ -489,6 +545,7 @@ def generate(
         cardinalities: vocabulary size of C1..C26 (default: `DEFAULT_CARDINALITIES`).
         multi_hot_sizes: values per present field of C1..C26, each in [1, MAX_MULTI_HOT_SIZE]
             (default: all 1, one-hot; `MLPERF_MULTI_HOT_SIZES` is MLPerf DLRMv2's).
+        signal: popularity and the scale of each part of the planted logit (default: `SignalKnobs()`).
         chunk_rows: rows drawn and written at a time.
         progress: show a tqdm bar counting rows.
 
@@ -508,7 +565,8 @@ def generate(
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = _build_click_model(seed, cardinalities, multi_hot_sizes)
+    signal = DEFAULT_SIGNAL if signal is None else signal
+    model = _build_click_model(seed, cardinalities, multi_hot_sizes, signal)
     day_names = [f"day_{day}.gz" if gzip else f"day_{day}" for day in range(days)]
     probability_names = [f"day_{day}.prob.npy" for day in range(days)]
     positive_rates, oracle_aucs = [], []
@@ -535,6 +593,8 @@ def generate(
         "cardinalities": list(cardinalities),
         # Only multi-hot data names its sizes, so that one-hot output stays byte for byte what it was.
         **({"multi_hot_sizes": list(multi_hot_sizes)} if multi_hot_sizes != ONE_HOT_SIZES else {}),
+        # Likewise the knobs: no "signal" key means `SignalKnobs()`, Zipf 1.1 and every factor 1.
+        **({"signal": signal.to_json()} if not signal.is_default else {}),
         "files": day_names,
         "probability_files": probability_names,
         "target_positive_rate": TARGET_POSITIVE_RATE,
@@ -584,6 +644,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         "--chunk-rows", type=int, default=65536, metavar="ROWS",
         help="rows drawn and written at a time, >= 1: bounds memory, never changes the output (default: 65536)",
     )  # fmt: skip
+    synth_signal.add_cli_arguments(parser)
 
 
 def _parse_cardinalities(text: str) -> tuple[int, ...]:
@@ -624,6 +685,7 @@ def run_cli(args: argparse.Namespace) -> int:
     _check_at_least("--rows-per-day", args.rows_per_day, 1)
     _check_at_least("--seed", args.seed, 0)
     _check_at_least("--chunk-rows", args.chunk_rows, 1)
+    signal = synth_signal.from_cli_arguments(args)
     cardinalities = None if args.cardinalities is None else _parse_cardinalities(args.cardinalities)
     sizes = None if args.multi_hot_sizes is None else _parse_multi_hot_sizes(args.multi_hot_sizes)
     summary = generate(
@@ -634,6 +696,7 @@ def run_cli(args: argparse.Namespace) -> int:
         gzip=args.gzip,
         cardinalities=cardinalities,
         multi_hot_sizes=sizes,
+        signal=signal,
         chunk_rows=args.chunk_rows,
     )
     print(
