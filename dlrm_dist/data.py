@@ -26,6 +26,7 @@ the model; pyarrow and numpy release the GIL for the heavy parts.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -42,6 +43,11 @@ from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from data_prep.features import FeatureSchema
+from data_prep.manifest import load_manifest
+
+
+class DataError(ValueError):
+    """Prepared data that cannot be read: a missing or damaged shard (the message names the file)."""
 
 
 @dataclass(frozen=True)
@@ -62,12 +68,31 @@ class RowRange:
     stop: int
 
 
+def read_manifest(data_dir: str | Path) -> dict:
+    """`data_prep.manifest.load_manifest`, with a missing directory or file as a `DataError` naming it."""
+    if not Path(data_dir).is_dir():
+        raise DataError(f"data.path: {data_dir} is not a directory; pass --data DIR written by dlrm-prep")
+    try:
+        return load_manifest(data_dir)
+    except FileNotFoundError as error:
+        raise DataError(str(error)) from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"{Path(data_dir) / 'manifest.json'}: cannot be read ({error})") from None
+
+
 def list_row_groups(data_dir: str | Path, manifest: dict, split: str) -> list[RowGroup]:
-    """The split's row groups in manifest order, sizes read from the Parquet footers."""
+    """The split's row groups in manifest order, sizes read from the Parquet footers.
+
+    Reading every footer up front is also the start-up check of the shards: a missing, truncated or
+    overwritten file stops here with a `DataError` naming it, before any training.
+    """
     groups = []
     for entry in manifest["splits"][split]["files"]:
         path = str(Path(data_dir) / entry["path"])
-        metadata = pq.ParquetFile(path).metadata
+        try:
+            metadata = pq.ParquetFile(path).metadata
+        except (OSError, pa.ArrowException) as error:
+            raise DataError(f"{path}: not a readable Parquet shard ({error})") from None
         groups.extend(
             RowGroup(path, index, metadata.row_group(index).num_rows)
             for index in range(metadata.num_row_groups)
@@ -95,7 +120,13 @@ def epoch_row_groups(groups: list[RowGroup], seed: int, epoch: int) -> list[RowG
 
 
 def _read_range(row_range: RowRange) -> pa.Table:
-    table = pq.ParquetFile(row_range.group.path).read_row_group(row_range.group.index)
+    try:
+        table = pq.ParquetFile(row_range.group.path).read_row_group(row_range.group.index)
+    except (OSError, pa.ArrowException) as error:
+        # Damage past the footer (checked at start) only shows when the pages are decoded.
+        raise DataError(
+            f"{row_range.group.path}: cannot read row group {row_range.group.index} ({error})"
+        ) from None
     return table.slice(row_range.start, row_range.stop - row_range.start)
 
 

@@ -22,10 +22,15 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
 from data_prep.features import FeatureSchema
-from data_prep.manifest import load_manifest
 from dlrm_dist.checkpoint import Checkpointer, TrainerState
 from dlrm_dist.config import EvalConfig, JobConfig, ModelConfig
-from dlrm_dist.data import Prefetcher, iter_train_batches, list_row_groups, train_steps_per_epoch
+from dlrm_dist.data import (
+    Prefetcher,
+    iter_train_batches,
+    list_row_groups,
+    read_manifest,
+    train_steps_per_epoch,
+)
 from dlrm_dist.distributed import DistContext, peak_memory_by_rank
 from dlrm_dist.evaluation import evaluate
 from dlrm_dist.models import build_model, parameter_counts
@@ -150,7 +155,7 @@ class Trainer:
         self.log: Callable[[str], None] = (
             (lambda message: tqdm.write(message)) if self.is_writer else (lambda _: None)
         )
-        manifest = load_manifest(cfg.data.path)
+        manifest = read_manifest(cfg.data.path)
         self.groups = {
             split: list_row_groups(cfg.data.path, manifest, split) for split in ("train", "val", "test")
         }
@@ -185,7 +190,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.optim)
         self.scheduler = build_lr_scheduler(self.optimizer, self.optim, self.total_steps)
         self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint, ctx)
-        self.monitor = build_monitor(self.run_dir, cfg.metrics.tensorboard, self.is_writer)
+        # Built in `run`, after the resume is accepted: a SummaryWriter creates tb/ as it starts.
+        self.monitor = build_monitor(self.run_dir, False, False)
         self.pipeline = (
             TrainPipelineSparseDist(self.model, self.optimizer, ctx.device)
             if ctx.device.type == "cuda"
@@ -217,7 +223,7 @@ class Trainer:
             self.log(f"TensorBoard: tensorboard --logdir {(self.run_dir / 'tb').resolve()}")
 
     def _restore(self) -> TrainerState:
-        path = self.checkpointer.resume_path()
+        path = self.checkpointer.resume_path(warn=self.log)
         if path is None:
             return TrainerState(
                 step=0, samples_seen=0, epoch=0, batches_into_epoch=0, world_size=self.ctx.world_size
@@ -273,12 +279,19 @@ class Trainer:
     def _checkpoint(self, state: TrainerState) -> None:
         if self.cfg.checkpoint.enabled:
             path = self.checkpointer.save(self.model, self.optimizer, self.scheduler, state)
+            self.last_saved_step = state.step
             self.log(f"step {state.step}: checkpoint {path}")
 
     def run(self) -> dict[str, Any]:
         """Trains to the configured end, evaluates val and test, writes metrics.json; returns the metrics."""
-        self._write_run_files()
+        # Restore first: a refused resume (a damaged checkpoint, another world size) stops before this
+        # run has written anything, so the run directory stays as the earlier run left it.
         state = self._restore()
+        self.monitor = build_monitor(self.run_dir, self.cfg.metrics.tensorboard, self.is_writer)
+        self._write_run_files()
+        # The step whose checkpoint is known good: the one resumed from, then each one saved. (Not "a
+        # step-N directory exists": a damaged one that `resume=auto` skipped must be written again.)
+        self.last_saved_step = state.step
         step, samples_seen = state.step, state.samples_seen
         global_batch = self.cfg.training.batch_size
         eval_every = eval_interval(self.cfg.eval, self.steps_per_epoch)
@@ -324,7 +337,7 @@ class Trainer:
                 if step >= self.total_steps or reached_target:
                     break
             elapsed = time.perf_counter() - started - self.paused_seconds
-            if step and step not in self.checkpointer.complete_steps():
+            if step and step != self.last_saved_step:
                 self._checkpoint(position)
             return self._finish(step, samples_seen, elapsed, steps_at_start, reached_target)
         finally:
