@@ -4,17 +4,18 @@
     torchrun --nproc_per_node 2 dlrm_dist/train.py --config ... --data ... --run-dir ...
     torchx run -s local_cwd dist.ddp -j 1x2 --script dlrm_dist/train.py -- --config ... --data ...
 
-It only wires: parse the config (a bad value fails here, before any process group exists), join the
-process group, build the trainer, run, and leave the process group whatever happens.
+It only wires: check the installed stack (`dlrm_dist.doctor`), parse the config (a bad value fails here,
+before any process group exists), join the process group, build the trainer, run, and leave the
+process group whatever happens.
 """
 
 from __future__ import annotations
 
 import sys
 
+from dlrm_dist import doctor
 from dlrm_dist.config import parse_job_args
 from dlrm_dist.distributed import destroy_distributed, init_distributed
-from dlrm_dist.trainer import Trainer
 
 DESCRIPTION = (
     "Train a DLRM-family CTR model with TorchRec sharded embeddings on data from `dlrm-prep criteo`."
@@ -22,6 +23,15 @@ DESCRIPTION = (
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A torch / fbgemm / torchrec mismatch otherwise surfaces as an undefined symbol or a missing operator
+    # deep inside the first step, once per rank: stop with the one line that names the fix instead.
+    problem = doctor.stack_problem()
+    if problem is not None:
+        print(f"dlrm-train: error: {problem}", file=sys.stderr)
+        return 2
+    # Imported after the check: importing the trainer loads torchrec and fbgemm's libraries.
+    from dlrm_dist.trainer import Trainer
+
     try:
         cfg = parse_job_args(argv, DESCRIPTION)
     except ValueError as error:
