@@ -3,8 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# A second environment with the oldest torchrec of the supported range (dlrm_dist/compat.py) on the
+# same pins otherwise: `make test-compat`.
+COMPAT_VENV := .venv-compat
+COMPAT_BIN := $(COMPAT_VENV)/bin
+COMPAT_STAMP := $(COMPAT_VENV)/.installed
+COMPAT_TORCHREC := 1.6.1
 
-.PHONY: setup demo test test-fast fuzz lint format bench clean
+.PHONY: setup demo test test-fast test-compat fuzz lint format bench clean
 
 setup: $(STAMP)
 
@@ -25,6 +31,20 @@ demo: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# The unit and distributed tests (and the gpu ones, skipped without CUDA) with torchrec $(COMPAT_TORCHREC).
+# The environment is built once, like .venv, and only rebuilt when the pins change.
+test-compat: $(COMPAT_STAMP)
+	$(COMPAT_BIN)/dlrm-doctor
+	$(COMPAT_BIN)/python -m pytest -q tests/unit tests/distributed tests/gpu
+
+$(COMPAT_STAMP): requirements.txt pyproject.toml
+	test -x $(COMPAT_BIN)/python || $(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_BIN)/python -m pip install --quiet --upgrade pip
+	$(COMPAT_BIN)/python -m pip install --quiet -r requirements.txt
+	$(COMPAT_BIN)/python -m pip install --quiet --no-deps torchrec==$(COMPAT_TORCHREC)
+	$(COMPAT_BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(COMPAT_STAMP)
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not e2e and not distributed"
@@ -47,4 +67,4 @@ bench: setup
 	$(BIN)/python benchmarks/train_throughput.py
 
 clean:
-	rm -rf $(VENV) demo runs
+	rm -rf $(VENV) $(COMPAT_VENV) demo runs
