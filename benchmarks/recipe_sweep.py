@@ -1,19 +1,30 @@
-"""The sweep that chose `configs/criteo_kaggle.toml`'s optimizers, learning rates, batch size and warmup.
+"""Chooses `configs/criteo_kaggle.toml`'s optimizers, rates, batch size and warmup across data sets.
 
-Data: 1M rows of `dlrm-prep synth` (5 days of 200k, seed 0), `dlrm-prep criteo --layout terabyte
---vocab-min-count 2`: 800k train rows (days 0-3), 100k val and 100k test rows (day 4).
+A recipe chosen on one data set overfits it (issue 10), so every grid point trains one epoch on each of
+several data sets that differ in what decides the optimum, and the default is the point with the
+smallest worst-case regret: its val AUC below the best val AUC any grid point reached on that data set.
 
-  dlrm-dist:  one epoch of `configs/criteo_kaggle.toml` on 2 ranks (torchrun, gloo), in stages: each stage
-              starts from the best settings so far (by val AUC) and varies one thing: the embedding and
-              dense optimizers, then the embedding learning rate, the dense learning rate, the batch size
-              and the warmup.
-  baseline:   the plain PyTorch DLRM of `benchmarks/plain_dlrm.py` (same shapes, one torch optimizer for
-              every parameter, the split in memory), one epoch, over a small grid of its simple settings.
+Data sets (`DATASETS`; the synthetic ones are `dlrm-prep synth` with knobs, `--rows` rows in 5 days,
+`dlrm-prep criteo --layout terabyte`: 4/5 train, the last day's halves val and test):
+  synth-values-1e6   per-value effects dominate, Zipf 1.1, tables up to 1e6 rows (hashed, so most rows
+                     are rare or never seen): the embedding optimizer and rate decide.
+  synth-pairs-1e3    latent rank-4 pair effects dominate, uniform popularity, tables of <= 1e3 rows:
+                     the interaction and the MLPs decide.
+  synth-dense-weak   the integers carry most of a weak signal (strength 0.6), heavy Zipf 1.5, tables
+                     <= 1e4 rows: the dense rate decides.
+  synth-default      the generator's defaults (tables <= 1e5 rows), the data the first sweep chose on.
+  criteo-sample      the first 8k lines of Criteo Kaggle's train.txt (`--layout kaggle`, 6,857 train rows,
+                     571 val): real data, skipped when the file is absent.
+  movielens-100k     `dlrm-prep movielens` (ratings >= 4 as clicks, time-ordered 0.8/0.1/0.1 split):
+                     skipped when the directory or the command is absent.
 
-Selection is on val AUC; the table also shows test AUC and the oracle AUC of the planted model (the
-ceiling). Each finished run is cached in WORKDIR/results-{dlrm,plain}.json, so an interrupted sweep continues.
+Grid (`GRIDS`): `full` crosses the embedding optimizer and rate with the dense optimizer and rate and
+varies batch size and warmup around the recipe; `quick` is 8 points of it. Rates are stated for batch
+1024 (`optim.reference_batch_size`) and scale with the batch as the recipe says. Each run is cached in
+WORKDIR/results.json under (data set, rows, settings), so an interrupted sweep continues.
 
-    .venv/bin/python benchmarks/recipe_sweep.py [--workdir /tmp/recipe-sweep] [--only dlrm|plain]
+    .venv/bin/python benchmarks/recipe_sweep.py [--workdir /tmp/recipe-sweep-multi] [--quick]
+        [--rows N] [--grid full|quick] [--datasets a,b,...] [--nproc-per-node N]
 """
 
 from __future__ import annotations
@@ -21,150 +32,302 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from plain_dlrm import PlainSettings, run
-
 from data_prep.oracle import oracle_auc
+from data_prep.schema import KAGGLE_CARDINALITIES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-ROWS_PER_DAY = 200_000
+SHARED_DATA = Path("/work/shared/data")
+CRITEO_SAMPLE = SHARED_DATA / "criteo/kaggle_train_head8k.tsv"
+MOVIELENS_DIR = SHARED_DATA / "movielens/ml-100k"
+SYNTH_DAYS = 5
 
-# Where the sweep starts: the recipe's values before the sweep chose them, passed to every run so that the
-# sweep does not depend on what it wrote into configs/criteo_kaggle.toml. Not part of the cache keys.
-START = {"optim.embedding_lr": 0.05, "training.batch_size": 2048, "optim.warmup_steps": 0}
-# (stage name, the override it varies, the values tried); stage 0 crosses the two optimizers.
-OPTIMIZER_PAIRS = [
-    {"optim.embedding_optimizer": emb, "optim.dense_optimizer": dense, "optim.lr": lr}
-    for emb in ("rowwise_adagrad", "adagrad")
-    for dense, lr in (("adagrad", 0.01), ("adam", 0.001))
-]
-STAGES = [
-    ("embedding lr", "optim.embedding_lr", [0.02, 0.05, 0.1, 0.2]),
-    ("dense lr", "optim.lr", None),  # values: the best dense lr x 0.5, 2, 4, 8
-    ("batch size", "training.batch_size", [1024, 2048, 4096]),
-    ("warmup steps", "optim.warmup_steps", [0, 100]),
-]
-PLAIN_GRID = [
-    PlainSettings(optimizer="adagrad", lr=0.01),
-    PlainSettings(optimizer="adagrad", lr=0.02),
-    PlainSettings(optimizer="adagrad", lr=0.05),
-    PlainSettings(optimizer="adam", lr=0.001),
-    PlainSettings(optimizer="adam", lr=0.003),
-    PlainSettings(optimizer="adam", lr=0.006),
-    PlainSettings(optimizer="adam", lr=0.01),
-    PlainSettings(optimizer="sgd", lr=0.1),
-    PlainSettings(optimizer="sgd", lr=0.5),
-]
+# The recipe as it stood when the sweep was written, passed in full to every run so that results do not
+# depend on what configs/criteo_kaggle.toml says now. Grid points override some of it.
+RECIPE = {
+    "optim.embedding_optimizer": "adagrad",
+    "optim.embedding_lr": 0.02,
+    "optim.dense_optimizer": "adam",
+    "optim.lr": 0.004,
+    "training.batch_size": 1024,
+    "optim.warmup_steps": 100,
+}
+# The numeric axes the edge check looks along; each is conditional on the optimizer it belongs to.
+AXES = ("optim.embedding_lr", "optim.lr", "training.batch_size", "optim.warmup_steps")
 
 
-def prepare(work: Path) -> tuple[Path, Path]:
-    synth, prepared = work / "synth", work / "prepared"
+def _point(embedding: tuple[str, float], dense: tuple[str, float], **rest: object) -> dict[str, object]:
+    (embedding_optimizer, embedding_lr), (dense_optimizer, lr) = embedding, dense
+    settings = {"optim.embedding_optimizer": embedding_optimizer, "optim.embedding_lr": embedding_lr,
+                "optim.dense_optimizer": dense_optimizer, "optim.lr": lr}  # fmt: skip
+    return {**RECIPE, **settings, **{name.replace("__", "."): value for name, value in rest.items()}}
+
+
+def _full_grid() -> list[dict[str, object]]:
+    embeddings = [
+        (name, lr) for name in ("adagrad", "rowwise_adagrad") for lr in (0.01, 0.02, 0.05, 0.1, 0.2)
+    ]
+    denses = [("adam", lr) for lr in (0.001, 0.002, 0.004, 0.008)] + [
+        ("adagrad", lr) for lr in (0.005, 0.01, 0.02, 0.04)
+    ]
+    crossed = [_point(embedding, dense) for embedding in embeddings for dense in denses]
+    recipe = (("adagrad", 0.02), ("adam", 0.004))
+    around = [_point(*recipe, training__batch_size=size) for size in (512, 2048)]
+    around += [_point(*recipe, optim__warmup_steps=steps) for steps in (0, 300)]
+    return crossed + around
+
+
+def _quick_grid() -> list[dict[str, object]]:
+    crossed = [
+        _point(("adagrad", embedding_lr), dense)
+        for embedding_lr in (0.02, 0.05, 0.1)
+        for dense in (("adam", 0.004), ("adagrad", 0.01))
+    ]
+    recipe = (("adagrad", 0.02), ("adam", 0.004))
+    return [*crossed, _point(*recipe, optim__warmup_steps=0), _point(*recipe, training__batch_size=2048)]
+
+
+GRIDS: dict[str, Callable[[], list[dict[str, object]]]] = {"full": _full_grid, "quick": _quick_grid}
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """One data set of the sweep: how to make it, and whether it has an oracle."""
+
+    description: str
+    prepare: Callable[[Path, int], Path | None]
+    """(its own work directory, synthetic rows) -> the prepared directory, or None when unavailable."""
+    synthetic: bool = False
+
+
+def _synthetic(synth_flags: list[str], cardinality_cap: int, hashed: bool) -> Callable[[Path, int], Path]:
+    """A synthetic data set: `dlrm-prep synth` with `synth_flags`, then `dlrm-prep criteo`; `hashed`
+    sizes each table at its column's cardinality (rows never seen in train included) instead of a
+    train vocabulary."""
+    caps = [min(cardinality, cardinality_cap) for cardinality in KAGGLE_CARDINALITIES]
+    encoding = ["--hash-buckets", ",".join(map(str, caps))] if hashed else ["--vocab-min-count", "2"]
+
+    def prepare(work: Path, rows: int) -> Path:
+        synth, prepared = work / "synth", work / "prepared"
+        if not (prepared / "manifest.json").exists():
+            subprocess.run([str(BIN / "dlrm-prep"), "synth", "--out", str(synth), "--days", str(SYNTH_DAYS),
+                            "--rows-per-day", str(rows // SYNTH_DAYS), "--seed", "0", "--cardinalities",
+                            str(cardinality_cap), *synth_flags], check=True)  # fmt: skip
+            subprocess.run([str(BIN / "dlrm-prep"), "criteo", "--input", str(synth), "--out", str(prepared),
+                            "--layout", "terabyte", *encoding, "--no-progress"], check=True)  # fmt: skip
+        return prepared
+
+    return prepare
+
+
+def _criteo_sample(work: Path, rows: int) -> Path | None:
+    if not CRITEO_SAMPLE.exists():
+        return None
+    prepared = work / "prepared"
     if not (prepared / "manifest.json").exists():
-        subprocess.run([str(BIN / "dlrm-prep"), "synth", "--out", str(synth), "--days", "5",
-                        "--rows-per-day", str(ROWS_PER_DAY), "--seed", "0"], check=True)  # fmt: skip
-        subprocess.run([str(BIN / "dlrm-prep"), "criteo", "--input", str(synth), "--out", str(prepared),
-                        "--layout", "terabyte", "--vocab-min-count", "2", "--no-progress"], check=True)  # fmt: skip
-    return synth, prepared
+        subprocess.run([str(BIN / "dlrm-prep"), "criteo", "--input", str(CRITEO_SAMPLE), "--out", str(prepared),
+                        "--layout", "kaggle", "--vocab-min-count", "2", "--no-progress"], check=True)  # fmt: skip
+    return prepared
+
+
+def _movielens(work: Path, rows: int) -> Path | None:
+    has_command = subprocess.run([str(BIN / "dlrm-prep"), "movielens", "--help"], capture_output=True)
+    if not MOVIELENS_DIR.exists() or has_command.returncode != 0:
+        return None
+    prepared = work / "prepared"
+    if not (prepared / "manifest.json").exists():
+        subprocess.run([str(BIN / "dlrm-prep"), "movielens", "--input", str(MOVIELENS_DIR), "--out", str(prepared),
+                        "--no-progress"], check=True)  # fmt: skip
+    return prepared
+
+
+DATASETS: dict[str, DataSet] = {
+    "synth-values-1e6": DataSet(
+        "per-value effects, Zipf 1.1, hashed tables up to 1e6 rows",
+        _synthetic(
+            ["--value-effects", "1.5", "--pair-effects", "0.3", "--dense-effects", "0.5"], 10**6, True
+        ),
+        synthetic=True,
+    ),
+    "synth-pairs-1e3": DataSet(
+        "latent rank-4 pairs, uniform popularity, tables <= 1e3 rows",
+        _synthetic(
+            ["--zipf-exponent", "0", "--value-effects", "0.3", "--pair-effects", "2", "--pair-rank", "4"],
+            10**3,
+            False,
+        ),
+        synthetic=True,
+    ),
+    "synth-dense-weak": DataSet(
+        "dense-led weak signal (strength 0.6), Zipf 1.5, tables <= 1e4 rows",
+        _synthetic(
+            [
+                "--zipf-exponent",
+                "1.5",
+                "--value-effects",
+                "0.5",
+                "--pair-effects",
+                "0.5",
+                "--dense-effects",
+                "3",
+                "--signal-strength",
+                "0.6",
+            ],
+            10**4,
+            False,
+        ),
+        synthetic=True,
+    ),
+    "synth-default": DataSet("generator defaults, tables <= 1e5 rows", _synthetic([], 10**5, False), True),
+    "criteo-sample": DataSet("Criteo Kaggle, first 8k lines", _criteo_sample),
+    "movielens-100k": DataSet("MovieLens 100K, rating >= 4", _movielens),
+}
+QUICK_DATASETS = (
+    "synth-values-1e6",
+    "synth-pairs-1e3",
+    "synth-dense-weak",
+    "criteo-sample",
+    "movielens-100k",
+)
+
+
+def _describe(point: dict[str, object]) -> str:
+    return (f"{point['optim.embedding_optimizer']} {point['optim.embedding_lr']} / {point['optim.dense_optimizer']} "
+            f"{point['optim.lr']} / b{point['training.batch_size']} w{point['optim.warmup_steps']}")  # fmt: skip
 
 
 class Sweep:
-    """Runs (or recalls from the cache) one setting at a time and remembers every result."""
+    """Trains (or recalls from WORKDIR/results.json) one grid point on one data set at a time."""
 
-    def __init__(self, work: Path, prepared: Path) -> None:
-        self.work, self.prepared = work, prepared
-        # One cache file per kind, so that the two sweeps can run at the same time (`--only`).
-        self.cache_paths = {kind: work / f"results-{kind}.json" for kind in ("dlrm", "plain")}
-        self.results: dict[str, dict] = {}
-        for path in self.cache_paths.values():
-            if path.exists():
-                self.results.update(json.loads(path.read_text()))
+    def __init__(self, work: Path, nproc_per_node: int) -> None:
+        self.work, self.nproc_per_node = work, nproc_per_node
+        self.cache_path = work / "results.json"
+        self.results: dict[str, dict] = (
+            json.loads(self.cache_path.read_text()) if self.cache_path.exists() else {}
+        )
 
-    def _save(self, kind: str) -> None:
-        mine = {key: value for key, value in self.results.items() if key.startswith(kind + " ")}
-        self.cache_paths[kind].write_text(json.dumps(mine, indent=2, sort_keys=True))
-
-    def dlrm(self, overrides: dict[str, object]) -> dict:
-        key = "dlrm " + " ".join(f"--{name}={value}" for name, value in sorted(overrides.items()))
+    def val_auc(self, dataset: str, rows: int, prepared: Path, point: dict[str, object]) -> float:
+        settings = " ".join(f"--{name}={value}" for name, value in sorted(point.items()))
+        # Rows are part of the key for synthetic data only; the real data sets have one size.
+        size = f"@{rows}" if DATASETS[dataset].synthetic else ""
+        key = f"{dataset}{size} ranks={self.nproc_per_node} {settings}"
         if key not in self.results:
             run_dir = self.work / "runs" / hashlib.sha1(key.encode()).hexdigest()[:12]
-            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                       str(REPO_ROOT / "dlrm_dist/train.py"), "--config", str(REPO_ROOT / "configs/criteo_kaggle.toml"),
-                       "--data", str(self.prepared), "--run-dir", str(run_dir), "--training.device=cpu",
-                       "--metrics.progress_bar=false", "--checkpoint.enabled=false", "--eval.every_steps=0",
-                       *(f"--{name}={value}" for name, value in {**START, **overrides}.items())]  # fmt: skip
+            shutil.rmtree(run_dir, ignore_errors=True)  # a run killed midway starts over
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                       f"--nproc_per_node={self.nproc_per_node}", str(REPO_ROOT / "dlrm_dist/train.py"),
+                       "--config", str(REPO_ROOT / "configs/criteo_kaggle.toml"), "--data", str(prepared),
+                       "--run-dir", str(run_dir), "--training.device=cpu", "--metrics.progress_bar=false",
+                       "--checkpoint.enabled=false", "--eval.every_steps=0",
+                       *(f"--{name}={value}" for name, value in point.items())]  # fmt: skip
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(f"{key} failed:\n{result.stderr[-3000:]}")
-            self.results[key] = json.loads((run_dir / "metrics.json").read_text())
-            self._save("dlrm")
-        print(
-            f"  {key:<120} val {self.results[key]['val']['auc']:.4f}  test {self.results[key]['test']['auc']:.4f}",
-            flush=True,
-        )
-        return self.results[key]
-
-    def plain(self, settings: PlainSettings) -> dict:
-        key = f"plain optimizer={settings.optimizer} lr={settings.lr} batch={settings.batch_size}"
-        if key not in self.results:
-            self.results[key] = run(settings, self.prepared)
-            self._save("plain")
-        print(
-            f"  {key:<120} val {self.results[key]['val']['auc']:.4f}  test {self.results[key]['test']['auc']:.4f}",
-            flush=True,
-        )
-        return self.results[key]
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            self.results[key] = {"val": metrics["val"], "test": metrics["test"], "train": metrics["train"]}
+            self.cache_path.write_text(json.dumps(self.results, indent=2, sort_keys=True))
+        auc = self.results[key]["val"]["auc"]
+        print(f"  {dataset:<17} {_describe(point):<48} val AUC {auc:.4f}", flush=True)
+        return auc
 
 
-def sweep_dlrm(sweep: Sweep) -> tuple[dict, dict]:
-    """The staged search; returns (best overrides, their metrics)."""
-    print("stage: embedding x dense optimizer")
-    scored = [(sweep.dlrm(pair)["val"]["auc"], pair) for pair in OPTIMIZER_PAIRS]
-    best = max(scored, key=lambda item: item[0])[1]
-    for stage, name, values in STAGES:
-        print(f"stage: {stage}")
-        current = best.get(name, START.get(name))
-        if values is None:
-            values = [current * factor for factor in (0.5, 2, 4, 8)]
-        # The current best is one of the candidates already; it is not run again under another key.
-        candidates = [best] + [{**best, name: value} for value in values if value != current]
-        scored = [(sweep.dlrm(candidate)["val"]["auc"], candidate) for candidate in candidates]
-        best = max(scored, key=lambda item: item[0])[1]
-    return best, sweep.dlrm(best)
+def edge_warnings(grid: list[dict[str, object]], winner: dict[str, object]) -> list[str]:
+    """For each numeric axis, the grid points that differ from `winner` only there form its line through
+    the winner; a winner at either end of its line may have a better value outside the grid."""
+    warnings = []
+    for axis in AXES:
+        line = [point[axis] for point in grid if all(point[k] == winner[k] for k in point if k != axis)]
+        if len(line) < 2:
+            warnings.append(f"{axis} = {winner[axis]} was not varied around this point")
+        elif winner[axis] in (min(line), max(line)):
+            side = "lowest" if winner[axis] == min(line) else "highest"
+            warnings.append(f"{axis} = {winner[axis]} is the {side} value tried ({sorted(set(line))})")
+    return warnings
+
+
+def regret_table(grid: list[dict[str, object]], aucs: dict[str, list[float]]) -> tuple[str, int]:
+    """A markdown table of every point's regret per data set and the worst; returns it and the index of the
+    minimax-regret point."""
+    names = list(aucs)
+    best = {name: max(values) for name, values in aucs.items()}
+    worst = [max(best[name] - aucs[name][index] for name in names) for index in range(len(grid))]
+    chosen = min(range(len(grid)), key=worst.__getitem__)
+    lines = ["| emb opt lr / dense opt lr / batch warmup | " + " | ".join(names) + " | worst |",
+             "|---" * (len(names) + 2) + "|"]  # fmt: skip
+    for index, point in enumerate(grid):
+        cells = [f"{best[name] - aucs[name][index]:.4f}" for name in names] + [f"{worst[index]:.4f}"]
+        label = _describe(point) + (" (recipe)" if point == RECIPE else "")
+        lines.append(f"| {'**' + label + '**' if index == chosen else label} | " + " | ".join(cells) + " |")
+    lines.append("| best val AUC | " + " | ".join(f"{best[name]:.4f}" for name in names) + " | |")
+    return "\n".join(lines), chosen
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/recipe-sweep-multi"),
+                        help="data sets, runs and the results.json cache")  # fmt: skip
+    parser.add_argument("--quick", action="store_true",
+                        help="the scaled-down sweep: --grid quick, --rows 40000, 1 rank, the five data sets of "
+                        "QUICK_DATASETS (each of those is overridden by its own flag)")  # fmt: skip
     parser.add_argument(
-        "--workdir", default="/tmp/recipe-sweep", help="data, runs and the results-*.json caches"
+        "--rows", type=int, help="rows of each synthetic data set (default 1000000; quick 40000)"
     )
-    parser.add_argument("--only", choices=("dlrm", "plain"), help="sweep only one of the two")
+    parser.add_argument(
+        "--grid", choices=sorted(GRIDS), help="grid points (default full; quick with --quick)"
+    )
+    parser.add_argument("--datasets", help=f"comma-separated subset of {', '.join(DATASETS)}")
+    parser.add_argument("--nproc-per-node", type=int, help="ranks per run (default 2; quick 1)")
     args = parser.parse_args(argv)
-    work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    synth, prepared = prepare(work)
-    sweep = Sweep(work, prepared)
-    half = ROWS_PER_DAY // 2
-    oracle = {"val": oracle_auc(synth, day=4, stop=half), "test": oracle_auc(synth, day=4, start=half)}
-    rows = []
-    if args.only != "plain":
-        best, metrics = sweep_dlrm(sweep)
-        rows.append(("dlrm-dist (criteo_kaggle, 2 ranks), best: " + json.dumps(best), metrics))
-    if args.only != "dlrm":
-        torch.set_num_threads(2)
-        print("plain PyTorch DLRM grid")
-        plain_results = [sweep.plain(settings) for settings in PLAIN_GRID]
-        best_plain = max(plain_results, key=lambda metrics: metrics["val"]["auc"])
-        rows.append((f"plain PyTorch DLRM, best: {best_plain['settings']['optimizer']} lr {best_plain['settings']['lr']}",
-                     best_plain))  # fmt: skip
-    print(f"\noracle AUC: val {oracle['val']:.4f}, test {oracle['test']:.4f}")
-    for label, metrics in rows:
-        print(f"{label}\n    val AUC {metrics['val']['auc']:.4f}  test AUC {metrics['test']['auc']:.4f}  "
-              f"test logloss {metrics['test']['logloss']:.4f}")  # fmt: skip
+    rows = args.rows or (40_000 if args.quick else 1_000_000)
+    grid = GRIDS[args.grid or ("quick" if args.quick else "full")]()
+    nproc_per_node = args.nproc_per_node or (1 if args.quick else 2)
+    names = args.datasets.split(",") if args.datasets else list(QUICK_DATASETS if args.quick else DATASETS)
+    for name in names:
+        if name not in DATASETS:
+            raise ValueError(f"--datasets: unknown data set {name!r}; known: {', '.join(DATASETS)}")
+    if rows < 10 * SYNTH_DAYS:
+        raise ValueError(f"--rows: must be >= {10 * SYNTH_DAYS}, got {rows}")
+
+    prepared = {}
+    for name in names:
+        directory = DATASETS[name].prepare(args.workdir / name, rows)
+        if directory is None:
+            print(f"skipping {name}: its input or its dlrm-prep command is not available")
+        else:
+            prepared[name] = directory
+    print(
+        f"{len(grid)} grid points x {len(prepared)} data sets, {nproc_per_node} rank(s), {rows:,} synthetic rows"
+    )
+    sweep = Sweep(args.workdir, nproc_per_node)
+    # Point by point, so that an interrupted sweep has every data set for the points it finished.
+    aucs: dict[str, list[float]] = {name: [] for name in prepared}
+    for point in grid:
+        for name, directory in prepared.items():
+            aucs[name].append(sweep.val_auc(name, rows, directory, point))
+
+    print("\nregret (best val AUC of the data set in the grid - this point's val AUC), one epoch:")
+    table, chosen = regret_table(grid, aucs)
+    print(table)
+    for name in prepared:
+        if DATASETS[name].synthetic:
+            synth_dir = args.workdir / name / "synth"
+            half = rows // SYNTH_DAYS // 2
+            print(f"{name}: oracle val AUC {oracle_auc(synth_dir, day=SYNTH_DAYS - 1, stop=half):.4f}")
+    print(f"\nminimax-regret point: {_describe(grid[chosen])}")
+    for message in edge_warnings(grid, grid[chosen]):
+        print(f"  warning: {message}")
+    for name in prepared:
+        winner = max(range(len(grid)), key=aucs[name].__getitem__)
+        print(f"{name} winner: {_describe(grid[winner])}")
+        for message in edge_warnings(grid, grid[winner]):
+            print(f"  warning: {message}")
     return 0
 
 
