@@ -3,7 +3,7 @@
 This is what people write when they do not use TorchRec: one `nn.EmbeddingBag` per sparse feature, the
 bottom MLP, DLRM's pairwise dot interaction, the top MLP, a BCE loss, the whole split loaded into memory
 as tensors once (pyarrow -> numpy -> torch), and a loop with one ordinary torch optimizer that updates the
-tables and the MLPs alike. `benchmarks/train_throughput.py` and `benchmarks/recipe_sweep.py` import it;
+tables and the MLPs alike. `benchmarks/train_throughput.py` imports it (the first recipe sweep did too);
 run alone it trains on a prepared directory and prints the same metrics as `dlrm-train`'s metrics.json:
 
     .venv/bin/python benchmarks/plain_dlrm.py --data DIR [--optimizer adagrad] [--lr 0.02] [--sparse]

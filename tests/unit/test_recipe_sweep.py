@@ -1,0 +1,53 @@
+"""Tests of `benchmarks/recipe_sweep.py`'s selection: minimax regret across data sets and the edge check."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "recipe_sweep.py"
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    spec = importlib.util.spec_from_file_location("recipe_sweep", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the script is executed.
+    sys.modules["recipe_sweep"] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules["recipe_sweep"]
+
+
+def test_minimax_regret_prefers_the_point_that_is_never_far_off(sweep):
+    grid = sweep.GRIDS["quick"]()[:3]
+    # Point 0 wins data set a by a little and loses b by a lot; point 1 is second on both.
+    aucs = {"a": [0.80, 0.79, 0.70], "b": [0.60, 0.69, 0.70]}
+    table, chosen = sweep.regret_table(grid, aucs)
+    assert chosen == 1
+    assert "| 0.0100 | 0.0100 | 0.0100 |" in table  # point 1: regret 0.01 on each, worst 0.01
+    assert "| best val AUC | 0.8000 | 0.7000 | |" in table
+
+
+def test_edge_warnings_name_an_axis_whose_winner_is_at_the_end_of_its_line(sweep):
+    grid = sweep.GRIDS["quick"]()
+    top_rate = next(
+        p for p in grid if p["optim.embedding_lr"] == 0.1 and p["optim.dense_optimizer"] == "adam"
+    )
+    messages = sweep.edge_warnings(grid, top_rate)
+    assert any("optim.embedding_lr = 0.1 is the highest value tried" in m for m in messages)
+    middle = next(p for p in grid if p["optim.embedding_lr"] == 0.05 and p["optim.dense_optimizer"] == "adam")
+    assert not any(m.startswith("optim.embedding_lr") for m in sweep.edge_warnings(grid, middle))
+
+
+def test_grids_hold_the_recipe_and_no_duplicates(sweep):
+    for name, build in sweep.GRIDS.items():
+        grid = build()
+        keys = [tuple(sorted(point.items())) for point in grid]
+        assert len(set(keys)) == len(keys), name
+        assert sweep.RECIPE in grid, name
