@@ -80,6 +80,8 @@ def hash_values(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if len(values) == 0:
         return np.zeros(0, np.uint64)
     encoded = pc.dictionary_encode(values.cast(pa.binary()))
+    if len(encoded.dictionary) == 0:
+        return np.zeros(len(values), np.uint64)
     dictionary_hashes = _distinct_hashes(encoded.dictionary)
     empty = pc.equal(pc.binary_length(encoded.dictionary), 0).to_numpy(zero_copy_only=False)
     dictionary_hashes[empty] = MISSING

@@ -207,7 +207,6 @@ def parse_text(data: bytes, spec: TableSpec) -> ParsedTable:
         ]
         bad.add_many("field_count", lines[order], details)
         passed = np.delete(passed, positions)
-    columns = {name: table.column(name).combine_chunks() for name in spec.needed}
     return _clean(columns, passed, spec, num_lines, bad)
 
 
