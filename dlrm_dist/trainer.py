@@ -245,7 +245,8 @@ class Trainer:
     def _step(self, batches: Iterator, step: int) -> torch.Tensor:
         """One optimizer step; returns the loss (a device tensor: reading it syncs, so only on log steps)."""
         if self.pipeline is not None:
-            loss, _ = self.pipeline.progress(batches)
+            # progress() returns the model's second output, (loss.detach(), logits, labels), not the loss.
+            loss, _, _ = self.pipeline.progress(batches)
             return loss
         batch = next(batches).to(self.ctx.device)
         loss, _ = self.model(batch)
