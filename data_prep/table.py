@@ -32,7 +32,7 @@ from data_prep import table_tasks
 # The runner, progress bar and output-directory checks are Criteo's own, shared rather than copied.
 from data_prep.criteo import _bar, _prepare_output, _Runner
 from data_prep.features import Categorical, FeatureSchema
-from data_prep.inputs import InputError, InputFile, count_plain_chunks
+from data_prep.inputs import InputError, InputFile, check_unchanged, count_plain_chunks, stat_inputs
 from data_prep.manifest import build_manifest
 from data_prep.parse import MAX_EXAMPLES_PER_REASON
 from data_prep.schema import SPLITS
@@ -331,7 +331,8 @@ def _write_phase(options, spec, plan, out, work, vocab_paths, sizes, runner) -> 
             relative = f"{split}/part-{index:05d}.parquet"
             files.append({"path": relative, "rows": sum(stop - start for _, start, stop, *_ in pieces)})
             stats = str(work / "bags" / f"part-{index:05d}.json") if split == "train" and multi_hot else None
-            if not (out / relative).exists():
+            # A shard counts as done only with its bag statistics (written before it is renamed).
+            if not (out / relative).exists() or (stats is not None and not Path(stats).exists()):
                 calls.append({"pieces": pieces, "out_path": str(out / relative), "bag_stats_path": stats})
         splits[split] = {"rows": sum(f["rows"] for f in files), "files": files}
     common = {
@@ -372,6 +373,7 @@ def run(options: TableOptions, arguments: dict[str, Any] | None = None) -> dict[
     """
     started = time.time()
     files = discover_files(list(options.inputs))
+    input_stats = stat_inputs(files)
     spec = resolve_spec(options, files)
     if options.encoding == "hash" and len(options.hash_buckets) != len(spec.categorical):
         raise ValueError(
@@ -386,6 +388,8 @@ def run(options: TableOptions, arguments: dict[str, Any] | None = None) -> dict[
     runner = _Runner(options.workers)
     try:
         _parse_phase(options, spec, files, work, runner)
+        # The parse phase is the only reader of the inputs: past it, what they hold is in the chunks.
+        check_unchanged(files, input_stats)
         plan = _plan(options, files, work)
         vocab_paths = (
             _vocab_phase(options, spec, plan, work, out, runner) if options.encoding == "vocab" else None
