@@ -20,6 +20,7 @@ the train split (from per-shard statistics kept in `.work/bags/`, so a resumed r
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -35,7 +36,14 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from data_prep import tasks
-from data_prep.inputs import InputFile, count_plain_chunks, discover_inputs, split_line_ranges
+from data_prep.inputs import (
+    InputFile,
+    check_unchanged,
+    count_plain_chunks,
+    discover_inputs,
+    split_line_ranges,
+    stat_inputs,
+)
 from data_prep.manifest import build_manifest
 from data_prep.parse import BAD_ROW_REASONS
 from data_prep.schema import NUM_SPARSE, SPLITS
@@ -103,7 +111,12 @@ class _Runner:
 
     def __init__(self, workers: int) -> None:
         self.pool = (
-            ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=tasks.init_worker)
+            ProcessPoolExecutor(
+                workers,
+                mp_context=get_context("spawn"),
+                initializer=tasks.init_worker,
+                initargs=(os.getpid(),),
+            )
             if workers > 1
             else None
         )
@@ -385,6 +398,7 @@ def run(options: PrepOptions, arguments: dict[str, Any] | None = None) -> dict[s
     """
     started = time.time()
     input_files = discover_inputs(list(options.inputs), options.layout)
+    input_stats = stat_inputs(input_files)
     fingerprint = options.fingerprint(input_files)
     out = Path(options.out)
     work = _prepare_output(options, fingerprint)
@@ -395,6 +409,8 @@ def run(options: PrepOptions, arguments: dict[str, Any] | None = None) -> dict[s
     runner = _Runner(options.workers)
     try:
         _parse_phase(options, input_files, work, runner)
+        # The parse phase is the only reader of the inputs: past it, what they hold is in the chunks.
+        check_unchanged(input_files, input_stats)
         plan = _plan(options, input_files, work)
         vocab_paths = _vocab_phase(options, plan, work, out, runner) if options.encoding == "vocab" else None
         splits = _write_phase(options, plan, out, work, vocab_paths, runner)

@@ -14,6 +14,7 @@ seeked, so one worker reads a .gz file front to back, cutting after the last new
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import zlib
 from collections.abc import Iterator
@@ -94,6 +95,30 @@ def discover_inputs(paths: list[str], layout: str) -> list[InputFile]:
             raise InputError("--layout terabyte needs at least 2 days (train days, then the eval day)")
         files = [days[day] for day in sorted(days)]
     return [InputFile(path=str(path.resolve()), bytes=path.stat().st_size) for path in files]
+
+
+def stat_inputs(input_files: list[InputFile]) -> dict[str, tuple[int, int]]:
+    """Each input's (size, mtime in ns) now: what `check_unchanged` compares against at the end."""
+    return {f.path: (os.stat(f.path).st_size, os.stat(f.path).st_mtime_ns) for f in input_files}
+
+
+def check_unchanged(input_files: list[InputFile], recorded: dict[str, tuple[int, int]]) -> None:
+    """Stops when an input was written to since `recorded`: its rows would not match the manifest.
+
+    A file appended to while it is read has lines past the size the manifest records (the last chunk
+    reads to the end of the file), and one rewritten in place mixes two versions.
+
+    Raises:
+        InputError: naming the first file whose size or modification time differs.
+    """
+    current = stat_inputs(input_files)
+    for input_file in input_files:
+        (old_size, old_mtime_ns), (size, mtime_ns) = recorded[input_file.path], current[input_file.path]
+        if (size, mtime_ns) != (old_size, old_mtime_ns):
+            raise InputError(
+                f"{input_file.path}: changed during the run ({old_size} -> {size} bytes"
+                f"{', modified' if mtime_ns != old_mtime_ns else ''}); prepare from a file nothing writes to"
+            )
 
 
 def split_line_ranges(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,35 @@ from data_prep.parse import BadRowError, parse_chunk
 from data_prep.schema import DENSE_COLUMNS, LABEL, SPARSE_COLUMNS, output_schema
 
 
-def init_worker() -> None:
-    """Keeps each worker process on one core: the parallelism comes from the processes."""
+def init_worker(parent_pid: int) -> None:
+    """Keeps each worker process on one core (the parallelism comes from the processes) and ties its
+    life to its parent's.
+
+    Args:
+        parent_pid: the pid of the process that made the pool, passed from there: a parent killed while
+            this worker was still starting has already been replaced by init in `os.getppid()`.
+    """
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
+    _exit_with_parent(parent_pid)
+
+
+def _exit_with_parent(parent_pid: int, interval_s: float = 0.5) -> None:
+    """Ends this worker once its parent is gone (kill -9 of dlrm-prep alone would otherwise leave the
+    pool's workers blocked on its queue forever).
+
+    A watchdog thread polling `os.getppid()` (which changes when the parent dies and the worker is
+    re-parented) rather than Linux's prctl(PR_SET_PDEATHSIG): that signal fires when the *thread* that
+    started the worker ends, and the executor may start workers from any thread that submits; it is also
+    Linux-only. The cost is one wake-up every `interval_s`.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def chunk_name(file_index: int, chunk_index: int) -> str:
