@@ -9,6 +9,9 @@ Datasets (each 4 day files, `--layout terabyte`):
                message, when the sample is absent.
   multi-hot    `synth.generate` with MLPerf DLRMv2's bag sizes (214 values a row when all present),
                prepared with `--multi-hot`; 1/10 of `--rows`, its lines are ~7x longer.
+  table        one CSV with a header: a 0/1 label, 5 dense decimals (10% missing), 20 string
+               categoricals (Zipf-popular, up to 100k distinct, 5% missing), prepared with
+               `dlrm-prep table` (target with one worker: hash and vocab >= 0.25 of the bare parse).
 
 Baselines:
   bare parse   pyarrow's single-threaded CSV parse of the same files, typed columns (label int8,
@@ -23,7 +26,7 @@ one worker: hash >= 0.40 and vocab >= 0.25 one-hot, hash >= 0.10 multi-hot), the
 the whole process tree, the peak again on an input 4x as large (target: flat), and where the time of a
 one-worker run goes (from a separate cProfile run, see `prep_measure`). Usage:
 
-    .venv/bin/python benchmarks/prep_throughput.py [--rows 1000000] [--datasets synthetic,criteo-like,multi-hot]
+    .venv/bin/python benchmarks/prep_throughput.py [--rows 1000000] [--datasets synthetic,criteo-like,multi-hot,table]
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ from pathlib import Path
 import criteo_like
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 from prep_measure import STAGE_HELP, bare_parse, run_measured, stage_seconds
 
 from data_prep.schema import DENSE_COLUMNS, RAW_COLUMNS, SPARSE_COLUMNS
@@ -50,6 +56,8 @@ DAYS = 4
 MULTI_HOT_ROW_DIVISOR = 10
 ENCODINGS = {"hash": ["--hash-buckets", "1000000"], "vocab": ["--vocab-min-count", "2"]}
 TARGETS = {("one-hot", "hash"): 0.40, ("one-hot", "vocab"): 0.25, ("multi-hot", "hash"): 0.10}
+TABLE_DENSE, TABLE_CATEGORICAL = 5, 20
+TABLE_TARGET = 0.25
 
 
 def _synthetic(out: Path, rows: int, seed: int) -> list[Path]:
@@ -187,11 +195,81 @@ def bench_dataset(
     return results
 
 
+def _table_csv(path: Path, rows: int, seed: int) -> None:
+    """The `table` dataset: label, d0..d4, c0..c19 as a CSV with a header."""
+    rng = np.random.default_rng(seed)
+    columns = {"label": pa.array(rng.integers(0, 2, rows, dtype=np.int8))}
+    for index in range(TABLE_DENSE):
+        values = np.round(rng.lognormal(1.0, 1.5, rows), 2)
+        columns[f"d{index}"] = pa.array(values, mask=rng.random(rows) < 0.1)
+    for index in range(TABLE_CATEGORICAL):
+        cardinality = min(100_000, 10 ** (1 + index % 5))
+        ids = pa.array((rng.zipf(1.2, rows) % cardinality).astype(np.int64)).cast(pa.string())
+        text = pc.binary_join_element_wise(f"v{index}x", ids, "")
+        columns[f"c{index}"] = pc.if_else(pa.array(rng.random(rows) < 0.05), "", text)
+    pa_csv.write_csv(pa.table(columns), path)
+
+
+def _table_bare_parse(path: Path) -> float:
+    """Seconds of pyarrow's single-threaded parse of the table CSV into typed columns."""
+    types = {"label": pa.int8(), **{f"d{i}": pa.float64() for i in range(TABLE_DENSE)}}
+    types.update({f"c{i}": pa.string() for i in range(TABLE_CATEGORICAL)})
+    started = time.perf_counter()
+    pa_csv.read_csv(
+        path,
+        read_options=pa_csv.ReadOptions(use_threads=False),
+        convert_options=pa_csv.ConvertOptions(column_types=types),
+    )
+    return time.perf_counter() - started
+
+
+def table_command(path: Path, out: Path, encoding: list[str], workers: int) -> list[str]:
+    dense = ",".join(f"d{i}" for i in range(TABLE_DENSE))
+    categorical = ",".join(f"c{i}" for i in range(TABLE_CATEGORICAL))
+    return [sys.executable, "-m", "data_prep", "table", "--input", str(path), "--out", str(out),
+            "--format", "csv", "--header", "--label", "label", "--dense", dense, "--categorical", categorical,
+            *encoding, "--workers", str(workers), "--no-progress"]  # fmt: skip
+
+
+def bench_table(rows: int, work: Path) -> list[tuple[str, float, float]]:
+    """Measures `dlrm-prep table` against the bare parse of the same CSV, as `bench_dataset` does."""
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "table.csv"
+    _table_csv(path, rows, 1)
+    size = path.stat().st_size
+    print(
+        f"\n== table: {rows:,} rows, {size / 1e9:.2f} GB, {size / rows:.0f} B/row, 20 categoricals + 5 dense"
+    )
+    bare_rates = [rows / _table_bare_parse(path)]
+    runs = []
+    for encoding, options in ENCODINGS.items():
+        for workers in sorted({1, min(2, os.cpu_count() or 1)}):
+            out = work / f"out-table-{encoding}-{workers}"
+            seconds, peak = run_measured(table_command(path, out, options, workers))
+            runs.append((encoding, workers, rows / seconds, peak))
+            shutil.rmtree(out)
+            bare_rates.append(rows / _table_bare_parse(path))
+    bare_rate = statistics.median(bare_rates)
+    spread = f"{min(bare_rates) / bare_rate:.2f}..{max(bare_rates) / bare_rate:.2f}"
+    print(f"  {'pipeline':<34}{'workers':>8}{'rows/s':>12}{'rows/s/core':>13}{'vs bare':>9}{'peak RSS':>10}")
+    print(_row(f"pyarrow bare parse (x{len(bare_rates)}: {spread})", 1, bare_rate, 1.0, "-"))
+    results = []
+    for encoding, workers, rate, peak in runs:
+        ratio = rate / workers / bare_rate
+        print(_row(f"dlrm-prep table {encoding}", workers, rate, ratio, f"{peak / 2**30:.2f}G"))
+        if workers == 1:
+            results.append((f"table {encoding}", ratio, TABLE_TARGET))
+    path.unlink()
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="one-hot rows per dataset (default 1M)")
     parser.add_argument(
-        "--datasets", default="synthetic,criteo-like,multi-hot", help="comma-separated, of the three above"
+        "--datasets",
+        default="synthetic,criteo-like,multi-hot,table",
+        help="comma-separated, of the four above",
     )
     parser.add_argument("--workdir", default="/tmp/prep-bench", help="scratch directory (deleted at the end)")
     parser.add_argument("--skip-4x", action="store_true", help="skip the 4x-input memory check")
@@ -199,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     makers = {"synthetic": _synthetic, "criteo-like": _criteo_like, "multi-hot": _multi_hot}
     names = [name.strip() for name in args.datasets.split(",") if name.strip()]
-    unknown = sorted(set(names) - set(makers))
+    unknown = sorted(set(names) - {*makers, "table"})
     if unknown:
         parser.error(f"--datasets: unknown {', '.join(unknown)} (known: {', '.join(makers)})")
     if "criteo-like" in names and not criteo_like.SAMPLE_PATH.exists():
@@ -215,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"stages of the time breakdown: {STAGE_HELP}")
     results = []
     for name in names:
+        if name == "table":
+            results.extend(bench_table(args.rows, work / "table"))
+            continue
         rows = args.rows // MULTI_HOT_ROW_DIVISOR if name == "multi-hot" else args.rows
         results.extend(bench_dataset(name, makers[name], rows, work, args))
     print()

@@ -74,12 +74,17 @@ def _distinct_hashes(values: pa.Array) -> np.ndarray:
 
 
 def hash_values(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """The uint64 hash of each value of a binary/string array; null and empty values give 0 (missing)."""
+    """The uint64 hash of each value of a binary/string (or dictionary of them) array; null and empty
+    values give 0 (missing)."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     if len(values) == 0:
         return np.zeros(0, np.uint64)
-    encoded = pc.dictionary_encode(values.cast(pa.binary()))
+    if pa.types.is_dictionary(values.type):
+        # The CSV reader already built the dictionary (see `data_prep.table_parse`).
+        encoded = pa.DictionaryArray.from_arrays(values.indices, values.dictionary.cast(pa.binary()))
+    else:
+        encoded = pc.dictionary_encode(values.cast(pa.binary()))
     if len(encoded.dictionary) == 0:
         return np.zeros(len(values), np.uint64)
     dictionary_hashes = _distinct_hashes(encoded.dictionary)

@@ -6,7 +6,8 @@ The text format, as this module reads it (and as `tests/reference_table.py` rest
                wrapped in `"`, with `""` for a quote inside it; quotes must wrap whole fields);
                tsv: split at every delimiter, quotes are ordinary characters
   number       an optional sign, decimal digits with an optional `.` and fraction, an optional exponent
-               (`1`, `-2.5`, `.5`, `1e-3`), finite as a float64; no spaces, `nan`, `inf` or hex
+               (`1`, `-2.5`, `.5`, `1e-3`), finite as a float64, with any spaces or tabs around it;
+               not `nan`, `inf`, hex, or blanks alone
   label        with a threshold T: a number, label = number >= T; without: a number equal to 0 or 1
   dense        empty (missing, 0) or a number
   categorical  any bytes; empty is missing. Multi-hot: the field split at its separator, empty items
@@ -40,7 +41,7 @@ from data_prep.table_hash import hash_values
 
 BAD_ROW_REASONS = ("line", "field_count", "label", "dense")
 FORMATS = ("csv", "tsv", "parquet")
-NUMBER_PATTERN = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+NUMBER_PATTERN = r"^[ \t]*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?[ \t]*$"
 NUMBER_RE = re.compile(NUMBER_PATTERN)
 
 
@@ -127,17 +128,37 @@ def _line_flags(data: bytes, csv_quotes: bool) -> tuple[int, np.ndarray, np.ndar
     has_cr = (stops > starts) & (buffer[np.maximum(stops - 1, 0)] == 13)
     stops[has_cr] -= 1
     reason = np.zeros(len(starts), np.uint8)
-    cumulative_cr = np.concatenate([[0], np.cumsum(buffer == 13)])
-    reason[cumulative_cr[stops] - cumulative_cr[starts] > 0] = 1
+    carriages = np.flatnonzero(buffer == 13)
+    if len(carriages) > has_cr.sum():
+        inner = carriages[~np.isin(carriages, stops[has_cr])]
+        reason[np.searchsorted(ends, inner)] = 1
     if csv_quotes:
-        cumulative_quotes = np.concatenate([[0], np.cumsum(buffer == 34)])
-        reason[(cumulative_quotes[stops] - cumulative_quotes[starts]) % 2 == 1] = 1
+        # Quotes per line: the running count at each line end, by a binary search of the (fewer)
+        # line ends in the quotes' positions.
+        quotes = np.flatnonzero(buffer == 34)
+        per_line = np.diff(np.searchsorted(quotes, ends), prepend=0)
+        reason[per_line % 2 == 1] = 1
     reason[(stops == starts) & (reason == 0)] = 2
     return len(starts), starts, ends, reason
 
 
-def _read_fields(data: bytes, spec: TableSpec) -> tuple[pa.Table, list[tuple[int, int]]]:
+def _read_fields(data: bytes, spec: TableSpec, typed: bool) -> tuple[pa.Table, list[tuple[int, int]]]:
+    """The needed columns, and (row number, field count) of the rows pyarrow skipped for their count.
+
+    typed: label and dense columns are parsed as float64 by pyarrow (empty -> null), which raises on a
+    value that is not a number; otherwise every field is read as bytes.
+    """
     invalid: list[tuple[int, int]] = []
+    numeric = [spec.label, *spec.dense] if typed else []
+    # One-hot categoricals come as dictionaries: only their distinct values are hashed.
+    types = {
+        name: pa.dictionary(pa.int32(), pa.binary())
+        for name in spec.categorical
+        if name not in spec.separators
+    }
+    types.update(
+        {name: pa.float64() if name in numeric else pa.binary() for name in spec.needed if name not in types}
+    )
 
     def on_invalid(row: pa_csv.InvalidRow) -> str:
         invalid.append((row.number, row.actual_columns))
@@ -156,8 +177,9 @@ def _read_fields(data: bytes, spec: TableSpec) -> tuple[pa.Table, list[tuple[int
             invalid_row_handler=on_invalid,
         ),
         convert_options=pa_csv.ConvertOptions(
-            column_types=dict.fromkeys(spec.needed, pa.binary()),
+            column_types=types,
             include_columns=spec.needed,
+            null_values=[""],
             strings_can_be_null=False,
             quoted_strings_can_be_null=False,
         ),
@@ -191,7 +213,7 @@ def parse_text(data: bytes, spec: TableSpec) -> ParsedTable:
         # Each kept line with its own newline, so that pyarrow sees exactly these lines.
         text = b"".join(data[starts[i] : ends[i]] + b"\n" for i in good) if len(good) < num_lines else data
     if len(passed):
-        table, invalid = _read_fields(text, spec)
+        table, invalid = _read_typed_or_bytes(text, spec)
         columns = {name: table.column(name).combine_chunks() for name in spec.needed}
     else:
         invalid = []
@@ -208,6 +230,21 @@ def parse_text(data: bytes, spec: TableSpec) -> ParsedTable:
         bad.add_many("field_count", lines[order], details)
         passed = np.delete(passed, positions)
     return _clean(columns, passed, spec, num_lines, bad)
+
+
+def _read_typed_or_bytes(text: bytes, spec: TableSpec) -> tuple[pa.Table, list[tuple[int, int]]]:
+    """Fields with label and dense already parsed by pyarrow (the common case, and the fast one), or,
+    when a value is not a number pyarrow reads or is `nan`/`inf`, all fields as bytes, which the rules
+    of this module then check one by one."""
+    try:
+        table, invalid = _read_fields(text, spec, typed=True)
+    except pa.ArrowInvalid:
+        return _read_fields(text, spec, typed=False)
+    for name in (spec.label, *spec.dense):
+        values = table.column(name).combine_chunks()
+        if values.null_count < len(values) and not pc.all(pc.is_finite(values)).as_py():
+            return _read_fields(text, spec, typed=False)
+    return table, invalid
 
 
 def parse_batch(table: pa.Table, spec: TableSpec) -> ParsedTable:
@@ -229,7 +266,7 @@ def _numbers(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     column = column.cast(pa.binary())
     missing = pc.fill_null(pc.equal(pc.binary_length(column), 0), True).to_numpy(zero_copy_only=False)
     matches = pc.fill_null(pc.match_substring_regex(column, NUMBER_PATTERN), False)
-    text = pc.if_else(matches, column, pa.scalar(None, pa.binary())).cast(pa.string())
+    text = pc.utf8_trim(pc.if_else(matches, column, pa.scalar(None, pa.binary())).cast(pa.string()), " \t")
     values = pc.cast(text, pa.float64()).to_numpy(zero_copy_only=False)
     is_number = matches.to_numpy(zero_copy_only=False) & np.isfinite(values)
     return np.where(is_number, values, 0.0), is_number, missing
@@ -292,7 +329,7 @@ def _clean(
             details.append(f"{name}={columns[name][int(row)].as_py()!r}")
         bad.add_many("dense", lines[rows], details)
     keep = np.flatnonzero(alive & ~bad_dense)
-    take = pa.array(keep)
+    everything = len(keep) == len(lines)
     arrays = {
         "line": pa.array(lines[keep].astype(np.int32)),
         "label": pa.array(labels[keep].astype(np.int8)),
@@ -301,11 +338,12 @@ def _clean(
         arrays[f"d{index}"] = pa.array(_clean_dense(values[keep], spec.dense_transform))
     separators = spec.separators
     for index, name in enumerate(spec.categorical):
-        column = columns[name].take(take)
+        column = columns[name] if everything else columns[name].take(pa.array(keep))
         if name in separators:
             arrays[f"c{index}"] = _bags(column, separators[name])
         else:
-            arrays[f"c{index}"] = pa.array(hash_values(_text(column)), pa.uint64())
+            text = column if pa.types.is_dictionary(column.type) else _text(column)
+            arrays[f"c{index}"] = pa.array(hash_values(text), pa.uint64())
     return ParsedTable(pa.table(arrays), num_lines, bad)
 
 

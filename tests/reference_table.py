@@ -17,7 +17,7 @@ import numpy as np
 
 REASONS = ("line", "field_count", "label", "dense")
 SPLITS = ("train", "val", "test")
-NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+NUMBER = re.compile(r"[ \t]*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?[ \t]*")
 MASK = 2**64 - 1
 
 
@@ -54,7 +54,7 @@ def number(text: bytes) -> float | None:
         return None
     if not NUMBER.fullmatch(decoded):
         return None
-    value = float(decoded)
+    value = float(decoded.strip(" \t"))
     return value if math.isfinite(value) else None
 
 
