@@ -19,7 +19,7 @@ Data sets (`DATASETS`; the synthetic ones are `dlrm-prep synth` with knobs, `--r
                      skipped when the directory or the command is absent.
 
 Grid (`GRIDS`): `full` crosses the embedding optimizer and rate with the dense optimizer and rate and
-varies batch size and warmup around the recipe; `quick` is 8 points of it. Rates are stated for batch
+varies batch size and warmup around the recipe; `quick` is 10 points of it. Rates are stated for batch
 1024 (`optim.reference_batch_size`) and scale with the batch as the recipe says. Each run is cached in
 WORKDIR/results.json under (data set, rows, settings), so an interrupted sweep continues.
 
@@ -87,7 +87,7 @@ def _full_grid() -> list[dict[str, object]]:
 def _quick_grid() -> list[dict[str, object]]:
     crossed = [
         _point(("adagrad", embedding_lr), dense)
-        for embedding_lr in (0.02, 0.05, 0.1)
+        for embedding_lr in (0.02, 0.05, 0.1, 0.2)
         for dense in (("adam", 0.004), ("adagrad", 0.01))
     ]
     recipe = (("adagrad", 0.02), ("adam", 0.004))
