@@ -42,6 +42,11 @@ CHECKSUMS_FILE = "checksums.json"
 _READ_BLOCK = 1 << 20
 
 
+def restart_count() -> int:
+    """How many times torchrun's agent has restarted this job's workers (0 on the first attempt)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded: missing, incomplete or damaged (the message names the file)."""
 
@@ -167,6 +172,11 @@ class Checkpointer:
                 every checkpoint is damaged; the message names the path and the damaged file.
         """
         resume = self.cfg.resume
+        if restart_count() and self.complete_steps():
+            # A restarted attempt (torchrun --max-restarts, a scheduler retry) continues from this run's
+            # own newest intact checkpoint, whatever the first attempt was told to start from.
+            warn(f"restart {restart_count()}: resuming from the newest intact checkpoint under {self.root}")
+            resume = "auto"
         if not resume:
             return None
         if resume == "auto":

@@ -42,11 +42,14 @@ def train(
         image: the image (a directory for local_cwd, a container for cluster schedulers)
         h: a named resource instead of cpu/gpu/memMB, e.g. aws_p4d.24xlarge
         env: environment variables for every rank
-        max_retries: restarts of the whole job on failure (pair with --checkpoint.resume=auto)
+        max_retries: restarts after a rank dies: torchrun restarts the ranks of a node (--max-restarts, on every scheduler, local_cwd included) and cluster schedulers retry the job; each attempt resumes from the run's newest intact checkpoint (--checkpoint.resume=auto is added)
         rdzv_port: the rendezvous port on the first node
         name: the job name
     """
-    return dist.ddp(
+    if max_retries and not any(arg.startswith("--checkpoint.resume") for arg in script_args):
+        # A scheduler retry is a fresh torchrun (restart count 0): it must be told to resume.
+        script_args = (*script_args, "--checkpoint.resume=auto")
+    app = dist.ddp(
         *script_args,
         script=TRAIN_SCRIPT,
         image=image,
@@ -60,6 +63,21 @@ def train(
         max_retries=max_retries,
         rdzv_port=rdzv_port,
     )
+    if max_retries:
+        # torchx's local schedulers ignore a role's max_retries (scheduler retries exist only on cluster
+        # schedulers), so restarts also go to torchrun's own agent, which restarts a node's ranks on
+        # every scheduler. By default the agent's rendezvous TCPStore server outlives a failed round and
+        # the restarted workers' process group is set up in that same store with the same, unprefixed
+        # keys (torch.distributed.rendezvous._create_c10d_store assumes a new store per attempt), so
+        # the first attempt's keys are read back: a restart may hang or dial the dead rank's address.
+        # TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 gives each attempt's workers a store of their own.
+        role = app.roles[0]
+        role.args = [
+            role.args[0],
+            role.args[1].replace("torchrun ", f"torchrun --max-restarts {max_retries} ", 1),
+        ]
+        role.env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+    return app
 
 
 def prep(

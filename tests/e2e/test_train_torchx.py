@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -94,3 +96,54 @@ def test_torchx_two_rank_run_writes_metrics_and_tensorboard(prepared_synth, tmp_
     rate = labels.mean()
     constant_logloss = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
     assert metrics["test"]["logloss"] < constant_logloss - 0.02
+
+
+def _torchx_train(prepared: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+    command = [
+        str(BIN / "torchx"), "run", "-s", "local_cwd", "launch/components.py:train", "-j", "1x2", *extra, "--",
+        "--config", "configs/tiny.toml", "--data", str(prepared), "--run-dir", str(run_dir),
+        "--metrics.progress_bar=false", "--training.device=cpu", "--checkpoint.every_steps=2",
+        "--training.batch_size=256", "--metrics.tensorboard=false",
+    ]  # fmt: skip
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _first_attempt_rank(run_dir: Path, local_rank: int) -> list[int]:
+    """The pids of the first attempt's worker `local_rank` of the run in `run_dir`."""
+    found = subprocess.run(["pgrep", "-f", f"dlrm_dist/train.py.*{run_dir}"], capture_output=True, text=True)
+    pids = []
+    for pid in found.stdout.split():
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"LOCAL_RANK={local_rank}".encode() in environ and b"TORCHELASTIC_RESTART_COUNT=0" in environ:
+            pids.append(int(pid))
+    return pids
+
+
+def test_a_killed_rank_restarts_under_torchx_and_ends_like_an_uninterrupted_run(prepared_sample, tmp_path):
+    uninterrupted = _torchx_train(prepared_sample, tmp_path / "whole")
+    output, _ = uninterrupted.communicate(timeout=600)
+    assert uninterrupted.returncode == 0, output[-3000:]
+
+    run_dir = tmp_path / "killed"
+    job = _torchx_train(prepared_sample, run_dir, "--max_retries", "1")
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "step-6").exists():
+        assert time.monotonic() < deadline and job.poll() is None, "the run never reached step 6"
+        time.sleep(0.1)
+    victims = _first_attempt_rank(run_dir, local_rank=1)
+    assert victims, "rank 1 of the first attempt not found"
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    output, _ = job.communicate(timeout=600)
+    assert job.returncode == 0, output[-3000:]
+    assert "restart 1: resuming from the newest intact checkpoint" in output
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    assert resumed["train"]["steps"] == whole["train"]["steps"]
+    assert resumed["val"] == whole["val"] and resumed["test"] == whole["test"]
