@@ -62,6 +62,8 @@ SHARDING_TYPE_BY_FAMILY = {
     "deepfm": "table_wise",
     "dcn": "table_wise",
     "xdeepfm": "row_wise",
+    "lr": "table_wise",
+    "fm": "row_wise",
 }
 
 
