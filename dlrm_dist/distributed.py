@@ -10,9 +10,11 @@ CPU ranks use gloo.
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,8 @@ import torch.distributed as dist
 # The collective backend that goes with each device type.
 BACKEND_BY_DEVICE_TYPE: dict[str, str] = {"cuda": "nccl", "cpu": "gloo"}
 DEVICE_PREFERENCES = ("auto", "cpu", "cuda")
+# TorchRec's module globals (torchrec/distributed/comm.py) that hold subgroups past a destroy.
+TORCHREC_GROUP_CACHES = ("_INTRA_PG", "_CROSS_PG", "_INTRA_PG_2D", "_CROSS_PG_2D")
 
 
 @dataclass(frozen=True)
@@ -131,9 +135,39 @@ def init_distributed(device_preference: str = "auto") -> DistContext:
 
 
 def destroy_distributed() -> None:
-    """Tears down the default process group (and with it every subgroup); a no-op when there is none."""
+    """Tears down every process group and frees them now, so that their threads end before Python does.
+
+    `destroy_process_group` only unregisters the groups. A gloo group's worker threads run until the last
+    reference to the group goes, and two kinds of reference outlive the call: TorchRec's cached
+    intra/cross-node subgroups, and the reference cycles of a dropped sharded model. A group left for
+    interpreter exit is freed during finalization, and that can abort the rank (SIGABRT, "terminate
+    called without an active exception"): a worker thread still releasing its last finished collective
+    needs the GIL to drop a tensor the main thread has let go of; once finalization has begun, Python
+    ends a thread that asks for the GIL (pthread_exit), and the forced unwind through a noexcept
+    destructor calls std::terminate. Freeing a group joins its worker threads, so here they finish.
+
+    A group that the caller still reaches (through a model it holds) is freed when the caller drops the
+    model, which it should do before the process exits. A no-op when there is no process group.
+    """
     if dist.is_initialized():
         dist.destroy_process_group()
+    _release_torchrec_groups()
+    gc.collect()
+
+
+def _release_torchrec_groups() -> None:
+    """Drops TorchRec's module-level subgroup caches, which it never resets itself.
+
+    `torchrec.distributed.comm.intra_and_cross_node_pg` (table-row-wise and grid sharding) creates the
+    groups on first use and keeps them in globals; after a destroy they would also be handed to the next
+    process group's sharders, though they belong to the destroyed one.
+    """
+    comm = sys.modules.get("torchrec.distributed.comm")
+    if comm is None:  # TorchRec was never imported, so it cached nothing
+        return
+    for name in TORCHREC_GROUP_CACHES:
+        if getattr(comm, name, None) is not None:
+            setattr(comm, name, None)
 
 
 def peak_memory_by_rank(ctx: DistContext) -> dict[str, Any]:

@@ -6,11 +6,14 @@ torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADD
 code under test goes through `dlrm_dist.distributed.init_distributed` exactly as in a real job.
 
 The worker must be a module-level function (spawn pickles it by name) taking `rank` and `world_size`
-keyword arguments; a failing rank's traceback is sent back and shown in the assertion message.
+keyword arguments; a failing rank's traceback is sent back and shown in the assertion message. After the
+worker returns, its rank frees the process groups the worker left behind before the interpreter exits,
+and fails if one is still referenced (`_free_process_groups`).
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import tempfile
@@ -29,6 +32,36 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def _gloo_worker_threads() -> int:
+    """How many gloo worker threads (torch names them pt_gloo_runloop) this process has; 0 without /proc."""
+    names = []
+    for task in Path("/proc/self/task").glob("*"):
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:  # the thread ended between listing and reading
+            continue
+    return names.count("pt_gloo_runloop")
+
+
+def _free_process_groups() -> None:
+    """Frees the process groups the worker left behind, while Python still runs; fails if one is held.
+
+    A worker calls `destroy_distributed()` in its `finally`, while its models are still alive, and they
+    hold the world group in reference cycles. Collected now, the groups join their gloo threads; left
+    to the collector at interpreter exit, they can abort the rank (SIGABRT, "terminate called without
+    an active exception"; see `dlrm_dist.distributed.destroy_distributed`). A group still referenced
+    after this would do the same at random, so it fails here every time: a module global holds it, or a
+    default argument (`torch.distributed.nn` captures the world group if first imported after
+    `init_process_group`, e.g. by importing TorchRec inside the worker).
+    """
+    gc.collect()
+    if threads := _gloo_worker_threads():
+        raise RuntimeError(
+            f"{threads} gloo worker threads outlive the worker: a process group is still referenced "
+            "(a module global, a cache); freed during interpreter exit, it can abort this rank"
+        )
 
 
 def _rank_entry(
@@ -51,6 +84,7 @@ def _rank_entry(
     torch.set_num_threads(1)
     try:
         worker(rank=rank, world_size=world_size, **kwargs)
+        _free_process_groups()
     except BaseException:
         # A file rather than a pipe: a long traceback cannot block the rank's exit.
         Path(error_dir, f"rank{rank}.txt").write_text(f"rank {rank}:\n{traceback.format_exc()}")
