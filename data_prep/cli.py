@@ -16,10 +16,11 @@ import os
 import sys
 
 from data_prep import movielens, synth, table, table_cli
-from data_prep.criteo import PrepError, PrepOptions, run
+from data_prep.criteo import PrepOptions, run
 from data_prep.inputs import LAYOUTS, InputError
 from data_prep.manifest import format_summary
 from data_prep.parse import DENSE_TRANSFORMS, BadRowError
+from data_prep.phases import PrepError
 from data_prep.schema import NUM_SPARSE
 
 MLPERF_HASH_BUCKETS = 40_000_000

@@ -6,6 +6,9 @@
   4. write    each shard = fixed row ranges of the parsed chunks, encoded, as Parquet
   5. manifest written last; `.work/` is removed
 
+This module holds what each phase does with Criteo's format; their order, the worker pool and the
+output-directory checks are `data_prep.phases`'s, shared with `dlrm-prep table`.
+
 Every output is written under a temporary name and renamed when complete, so a run killed at any
 point and started again with the same arguments skips what is done and ends with the same shards.
 Shards depend only on the row order and the options, never on `--workers` or on how the work was
@@ -20,37 +23,20 @@ the train split (from per-shard statistics kept in `.work/bags/`, so a resumed r
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import sys
 import time
-from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
 
 from data_prep import tasks
-from data_prep.inputs import (
-    InputFile,
-    check_unchanged,
-    count_plain_chunks,
-    discover_inputs,
-    split_line_ranges,
-    stat_inputs,
-)
-from data_prep.manifest import build_manifest
+from data_prep.inputs import InputFile, count_plain_chunks, discover_inputs, split_line_ranges, stat_inputs
 from data_prep.parse import BAD_ROW_REASONS
+from data_prep.phases import Phases, Runner, progress_bar, run_phases, train_bag_lengths
 from data_prep.schema import NUM_SPARSE, SPLITS
-
-
-class PrepError(RuntimeError):
-    """A run that cannot go on: its message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -106,91 +92,7 @@ class _Piece:
     stop: int
 
 
-class _Runner:
-    """Runs tasks inline (1 worker) or in a process pool, with a progress bar fed by their results."""
-
-    def __init__(self, workers: int) -> None:
-        self.pool = (
-            ProcessPoolExecutor(
-                workers,
-                mp_context=get_context("spawn"),
-                initializer=tasks.init_worker,
-                initargs=(os.getpid(),),
-            )
-            if workers > 1
-            else None
-        )
-
-    def map(self, function: Callable, calls: list[dict[str, Any]], on_result: Callable[[dict], None]) -> None:
-        self.run([(function, kwargs) for kwargs in calls], on_result)
-
-    def run(self, calls: list[tuple[Callable, dict[str, Any]]], on_result: Callable[[dict], None]) -> None:
-        """Runs `function(**kwargs)` for each call; stops at the first failure and re-raises it."""
-        if self.pool is None:
-            for function, kwargs in calls:
-                on_result(function(**kwargs))
-            return
-        futures: list[Future] = [self.pool.submit(function, **kwargs) for function, kwargs in calls]
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            if any(future.exception() is not None for future in done):
-                for future in pending:
-                    future.cancel()
-                wait(pending)
-                # Report the failure of the earliest task, so that --on-bad-row error names the first
-                # bad line of those the workers reached, not whichever worker happened to finish first.
-                raise next(f.exception() for f in futures if f.done() and not f.cancelled() and f.exception())
-            for future in done:
-                on_result(future.result())
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _bar(options: PrepOptions, description: str, total: int | None, unit: str) -> tqdm:
-    return tqdm(
-        total=total,
-        desc=description,
-        unit=unit,
-        unit_scale=True,
-        disable=not options.progress,
-        dynamic_ncols=True,
-        file=sys.stderr,
-    )
-
-
-def _prepare_output(options: PrepOptions, fingerprint: dict[str, Any]) -> Path | None:
-    """Creates or checks the output directory. Returns None when an identical run already finished."""
-    out = Path(options.out)
-    manifest_path = out / "manifest.json"
-    state_path = out / ".work" / "state.json"
-    for path in (manifest_path, state_path):
-        if path.exists():
-            previous = json.loads(path.read_text()).get("fingerprint")
-            if previous != fingerprint:
-                keys = set(fingerprint) | set(previous or {})
-                changed = sorted(
-                    key for key in keys if previous is None or previous.get(key) != fingerprint.get(key)
-                )
-                raise PrepError(
-                    f"{out} holds the output of a run with other arguments (differs in: {', '.join(changed)}); "
-                    "use another --out or delete it"
-                )
-            if path == manifest_path:
-                return None
-            return out / ".work"
-    if out.exists() and any(out.iterdir()):
-        raise PrepError(
-            f"--out {out} is not empty and was not written by dlrm-prep; use an empty or new directory"
-        )
-    (out / ".work" / "chunks").mkdir(parents=True, exist_ok=True)
-    tasks.write_json_atomic(state_path, {"fingerprint": fingerprint})
-    return out / ".work"
-
-
-def _parse_phase(options: PrepOptions, input_files: list[InputFile], work: Path, runner: _Runner) -> dict:
+def _parse_phase(options: PrepOptions, input_files: list[InputFile], work: Path, runner: Runner) -> dict:
     chunk_dir = work / "chunks"
     calls = []
     for file_index, input_file in enumerate(input_files):
@@ -214,7 +116,7 @@ def _parse_phase(options: PrepOptions, input_files: list[InputFile], work: Path,
         "on_bad_row": options.on_bad_row,
     }
     stats = {"rows": 0, "lines": 0}
-    with _bar(options, "parse", None, "rows") as bar:
+    with progress_bar(options, "parse", None, "rows") as bar:
 
         def on_result(result: dict) -> None:
             stats["rows"] += result["rows"]
@@ -298,7 +200,7 @@ def _shard_ranges(pieces: list[_Piece], rows_per_shard: int) -> list[list[tuple[
     return shards
 
 
-def _vocab_phase(options: PrepOptions, plan: dict, work: Path, out: Path, runner: _Runner) -> list[str]:
+def _vocab_phase(options: PrepOptions, plan: dict, work: Path, runner: Runner) -> list[str]:
     counts_dir = work / "counts"
     counts_dir.mkdir(exist_ok=True)
     by_chunk: dict[str, list[tuple[str, int, int]]] = {}
@@ -310,9 +212,10 @@ def _vocab_phase(options: PrepOptions, plan: dict, work: Path, out: Path, runner
         for prefix, chunk_pieces in zip(prefixes, by_chunk.values(), strict=True)
         if not (counts_dir / f"{Path(prefix).name}.offsets.npy").exists()
     ]
-    with _bar(options, "count", sum(p.stop - p.start for p in plan["pieces"]["train"]), "rows") as bar:
+    train_rows = sum(p.stop - p.start for p in plan["pieces"]["train"])
+    with progress_bar(options, "count", train_rows, "rows") as bar:
         runner.map(tasks.count_train_rows, calls, lambda result: bar.update(result["rows"]))
-    vocab_dir = out / "vocab"
+    vocab_dir = Path(options.out) / "vocab"
     vocab_dir.mkdir(exist_ok=True)
     vocab_paths = [str(vocab_dir / f"C{index + 1}.npy") for index in range(NUM_SPARSE)]
     calls = [
@@ -326,7 +229,7 @@ def _vocab_phase(options: PrepOptions, plan: dict, work: Path, out: Path, runner
         for index, path in enumerate(vocab_paths)
         if not Path(path).exists()
     ]
-    with _bar(options, "vocab", NUM_SPARSE, "cols") as bar:
+    with progress_bar(options, "vocab", NUM_SPARSE, "cols") as bar:
         bar.update(NUM_SPARSE - len(calls))
         runner.map(tasks.build_vocab_column, calls, lambda result: bar.update(1))
     return vocab_paths
@@ -339,18 +242,15 @@ def _bag_stats_path(work: Path, split: str, index: int) -> Path | None:
 
 def _bag_lengths(work: Path, num_train_shards: int) -> dict[str, list[float]]:
     """Mean and max bag length of each categorical column over the train split, from the shards' stats."""
-    rows, sums, maxima = 0, np.zeros(NUM_SPARSE, np.int64), np.zeros(NUM_SPARSE, np.int64)
-    for index in range(num_train_shards):
-        stats = json.loads(_bag_stats_path(work, "train", index).read_text())
-        rows += stats["rows"]
-        sums += stats["sum"]
-        maxima = np.maximum(maxima, stats["max"])
-    return {"mean": [round(float(s) / max(rows, 1), 4) for s in sums], "max": maxima.tolist()}
+    stats_paths = [_bag_stats_path(work, "train", index) for index in range(num_train_shards)]
+    means, maxima = train_bag_lengths(stats_paths, NUM_SPARSE)
+    return {"mean": means, "max": maxima}
 
 
 def _write_phase(
-    options: PrepOptions, plan: dict, out: Path, work: Path, vocab_paths: list[str] | None, runner: _Runner
+    options: PrepOptions, plan: dict, work: Path, vocab_paths: list[str] | None, runner: Runner
 ) -> dict:
+    out = Path(options.out)
     splits: dict[str, dict[str, Any]] = {}
     calls = []
     if options.multi_hot:
@@ -380,7 +280,7 @@ def _write_phase(
         "multi_hot": options.multi_hot,
     }
     total = sum(split["rows"] for split in splits.values())
-    with _bar(options, "write", total, "rows") as bar:
+    with progress_bar(options, "write", total, "rows") as bar:
         bar.update(total - sum(sum(stop - start for _, start, stop in call["pieces"]) for call in calls))
         runner.map(tasks.write_shard, [{**call, **common} for call in calls], lambda r: bar.update(r["rows"]))
     return splits
@@ -399,44 +299,25 @@ def run(options: PrepOptions, arguments: dict[str, Any] | None = None) -> dict[s
     started = time.time()
     input_files = discover_inputs(list(options.inputs), options.layout)
     input_stats = stat_inputs(input_files)
-    fingerprint = options.fingerprint(input_files)
-    out = Path(options.out)
-    work = _prepare_output(options, fingerprint)
-    if work is None:
-        # A run killed between writing the manifest and removing its scratch space leaves `.work/`.
-        shutil.rmtree(out / ".work", ignore_errors=True)
-        return json.loads((out / "manifest.json").read_text())
-    runner = _Runner(options.workers)
-    try:
-        _parse_phase(options, input_files, work, runner)
-        # The parse phase is the only reader of the inputs: past it, what they hold is in the chunks.
-        check_unchanged(input_files, input_stats)
-        plan = _plan(options, input_files, work)
-        vocab_paths = _vocab_phase(options, plan, work, out, runner) if options.encoding == "vocab" else None
-        splits = _write_phase(options, plan, out, work, vocab_paths, runner)
+
+    # Criteo's shards do not depend on the table sizes (`_sizes`); the manifest's bag lengths are its own.
+    def write(plan: dict, work: Path, vocab_paths: list[str] | None, _sizes: list[int], runner: Runner):
+        splits = _write_phase(options, plan, work, vocab_paths, runner)
         bag_lengths = _bag_lengths(work, len(splits["train"]["files"])) if options.multi_hot else None
-    finally:
-        runner.close()
-    num_embeddings = (
-        list(options.hash_buckets)
-        if vocab_paths is None
-        else [len(np.load(path, mmap_mode="r")) + 1 for path in vocab_paths]
+        return splits, {"bag_lengths": bag_lengths}
+
+    phases = Phases(
+        parse=partial(_parse_phase, options, input_files),
+        plan=partial(_plan, options, input_files),
+        vocab=partial(_vocab_phase, options),
+        write=write,
     )
-    manifest = build_manifest(
-        options=asdict(options),
-        arguments=arguments or {},
-        fingerprint=fingerprint,
-        encoding=options.encoding_spec(),
-        vocab_files=[str(Path(p).relative_to(out)) for p in vocab_paths] if vocab_paths else None,
-        num_embeddings=num_embeddings,
-        bag_lengths=bag_lengths,
-        splits=splits,
+    return run_phases(
+        options,
+        phases,
         input_files=input_files,
-        file_lines=plan["file_lines"],
-        bad_counts=plan["bad_counts"],
-        bad_examples=plan["bad_examples"],
-        seconds=time.time() - started,
+        input_stats=input_stats,
+        recorded_options=asdict(options),
+        arguments=arguments,
+        started=started,
     )
-    tasks.write_json_atomic(out / "manifest.json", manifest)
-    shutil.rmtree(work, ignore_errors=True)
-    return manifest

@@ -1,7 +1,7 @@
 """`dlrm-prep table`: any CSV/TSV/Parquet table to Parquet shards and a manifest, in resumable phases.
 
-The phases, outputs and guarantees are those of `dlrm-prep criteo` (see `data_prep.criteo`, whose
-runner, progress bars and output-directory checks this reuses):
+The phases, outputs and guarantees are those of `dlrm-prep criteo` (see `data_prep.criteo`); their
+order, the worker pool, the progress bars and the output-directory checks are `data_prep.phases`'s:
   1. parse    every chunk (a byte range of whole lines, or a Parquet row group) -> `.work/chunks/*.arrow`
   2. plan     per-chunk row counts -> which rows go to which split and shard
   3. vocab    (vocabulary encoding only) count the train rows' value hashes, keep those seen K times
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +28,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_prep import table_tasks
-
-# The runner, progress bar and output-directory checks are Criteo's own, shared rather than copied.
-from data_prep.criteo import _bar, _prepare_output, _Runner
 from data_prep.features import Categorical, FeatureSchema
-from data_prep.inputs import InputError, InputFile, check_unchanged, count_plain_chunks, stat_inputs
-from data_prep.manifest import build_manifest
+from data_prep.inputs import InputError, InputFile, count_plain_chunks, stat_inputs
 from data_prep.parse import MAX_EXAMPLES_PER_REASON
+from data_prep.phases import Phases, Runner, progress_bar, run_phases, train_bag_lengths
 from data_prep.schema import SPLITS
 from data_prep.table_hash import random_split_codes
 from data_prep.table_parse import BAD_ROW_REASONS, TableSpec
-from data_prep.tasks import chunk_name, write_json_atomic
+from data_prep.tasks import chunk_name
 
 SPLIT_MODES = ("ordered", "random")
 
@@ -166,7 +163,9 @@ def _num_chunks(input_file: InputFile, options: TableOptions) -> int:
     return count_plain_chunks(input_file, options.chunk_bytes)
 
 
-def _parse_phase(options: TableOptions, spec: TableSpec, files: list[InputFile], work: Path, runner) -> None:
+def _parse_phase(
+    options: TableOptions, spec: TableSpec, files: list[InputFile], work: Path, runner: Runner
+) -> None:
     chunk_dir = work / "chunks"
     calls = []
     for file_index, input_file in enumerate(files):
@@ -184,7 +183,7 @@ def _parse_phase(options: TableOptions, spec: TableSpec, files: list[InputFile],
             else:
                 call = {**common, "chunk_index": chunk_index, "chunk_bytes": options.chunk_bytes}
                 calls.append((table_tasks.parse_text_chunk, {**call, "header": options.header}))
-    with _bar(options, "parse", None, "rows") as bar:
+    with progress_bar(options, "parse", None, "rows") as bar:
         runner.run(
             [(function, {**kwargs, "on_bad_row": options.on_bad_row}) for function, kwargs in calls],
             lambda result: bar.update(result["lines"]),
@@ -267,9 +266,7 @@ def _shard_ranges(pieces: list[table_tasks.Piece], rows_per_shard: int) -> list[
     return shards
 
 
-def _vocab_phase(
-    options: TableOptions, spec: TableSpec, plan: dict, work: Path, out: Path, runner
-) -> list[str]:
+def _vocab_phase(options: TableOptions, spec: TableSpec, plan: dict, work: Path, runner: Runner) -> list[str]:
     counts_dir = work / "counts"
     counts_dir.mkdir(exist_ok=True)
     by_chunk: dict[str, list[table_tasks.Piece]] = {}
@@ -286,9 +283,9 @@ def _vocab_phase(
         for prefix, chunk_pieces in zip(prefixes, by_chunk.values(), strict=True)
         if not (counts_dir / f"{Path(prefix).name}.offsets.npy").exists()
     ]
-    with _bar(options, "count", sum(p[2] - p[1] for p in plan["pieces"]["train"]), "rows") as bar:
+    with progress_bar(options, "count", sum(p[2] - p[1] for p in plan["pieces"]["train"]), "rows") as bar:
         runner.map(table_tasks.count_train_rows, calls, lambda result: bar.update(result["rows"]))
-    vocab_dir = out / "vocab"
+    vocab_dir = Path(options.out) / "vocab"
     vocab_dir.mkdir(exist_ok=True)
     paths = [str(vocab_dir / f"{index:04d}.npy") for index in range(len(spec.categorical))]
     budget = options.vocab_memory_bytes
@@ -303,7 +300,7 @@ def _vocab_phase(
         for index, path in enumerate(paths)
         if not Path(path).exists()
     ]
-    with _bar(options, "vocab", len(paths), "cols") as bar:
+    with progress_bar(options, "vocab", len(paths), "cols") as bar:
         bar.update(len(paths) - len(calls))
         runner.map(table_tasks.build_vocab_column, calls, lambda result: bar.update(1))
     return paths
@@ -318,7 +315,9 @@ def _features(spec: TableSpec, sizes: list[int], bags: dict[str, tuple[float, in
     return FeatureSchema(categorical=categorical, dense=spec.dense, label=spec.label)
 
 
-def _write_phase(options, spec, plan, out, work, vocab_paths, sizes, runner) -> tuple[dict, dict]:
+def _write_phase(options, spec, plan, work, vocab_paths, sizes, runner) -> tuple[dict, dict[str, Any]]:
+    """Writes the shards; returns the splits and the manifest's `features` (with the train bag lengths)."""
+    out = Path(options.out)
     schema = _features(spec, sizes, {}).parquet_schema()
     multi_hot = [name for name in spec.categorical if name in spec.separators]
     (work / "bags").mkdir(exist_ok=True)
@@ -345,20 +344,16 @@ def _write_phase(options, spec, plan, out, work, vocab_paths, sizes, runner) -> 
         "seed": options.seed,
     }
     total = sum(split["rows"] for split in splits.values())
-    with _bar(options, "write", total, "rows") as bar:
+    with progress_bar(options, "write", total, "rows") as bar:
         bar.update(total - sum(sum(p[2] - p[1] for p in call["pieces"]) for call in calls))
         runner.map(table_tasks.write_shard, [{**c, **common} for c in calls], lambda r: bar.update(r["rows"]))
     bags = {}
     if multi_hot:
-        rows, sums, maxima = 0, np.zeros(len(multi_hot), np.int64), np.zeros(len(multi_hot), np.int64)
-        for index in range(len(splits["train"]["files"])):
-            stats = json.loads((work / "bags" / f"part-{index:05d}.json").read_text())
-            rows += stats["rows"]
-            sums += stats["sum"]
-            maxima = np.maximum(maxima, stats["max"])
-        for position, name in enumerate(multi_hot):
-            bags[name] = (round(float(sums[position]) / max(rows, 1), 4), int(maxima[position]))
-    return splits, bags
+        num_train_shards = len(splits["train"]["files"])
+        stats_paths = [work / "bags" / f"part-{index:05d}.json" for index in range(num_train_shards)]
+        means, maxima = train_bag_lengths(stats_paths, len(multi_hot))
+        bags = dict(zip(multi_hot, zip(means, maxima, strict=True), strict=True))
+    return splits, {"bag_lengths": None, "features": _features(spec, sizes, bags)}
 
 
 def run(options: TableOptions, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -379,47 +374,18 @@ def run(options: TableOptions, arguments: dict[str, Any] | None = None) -> dict[
         raise ValueError(
             f"--hash-buckets: give 1 or {len(spec.categorical)} values, got {len(options.hash_buckets)}"
         )
-    fingerprint = options.fingerprint(files)
-    out = Path(options.out)
-    work = _prepare_output(options, fingerprint)
-    if work is None:
-        shutil.rmtree(out / ".work", ignore_errors=True)
-        return json.loads((out / "manifest.json").read_text())
-    runner = _Runner(options.workers)
-    try:
-        _parse_phase(options, spec, files, work, runner)
-        # The parse phase is the only reader of the inputs: past it, what they hold is in the chunks.
-        check_unchanged(files, input_stats)
-        plan = _plan(options, files, work)
-        vocab_paths = (
-            _vocab_phase(options, spec, plan, work, out, runner) if options.encoding == "vocab" else None
-        )
-        sizes = (
-            list(options.hash_buckets)
-            if vocab_paths is None
-            else [len(np.load(path, mmap_mode="r")) + 1 for path in vocab_paths]
-        )
-        splits, bags = _write_phase(options, spec, plan, out, work, vocab_paths, sizes, runner)
-    finally:
-        runner.close()
-    features = _features(spec, sizes, bags)
-    recorded = {**asdict(options), "dense_transform": spec.dense_transform}
-    manifest = build_manifest(
-        options=recorded,
-        arguments=arguments or {},
-        fingerprint=fingerprint,
-        encoding=options.encoding_spec(),
-        vocab_files=[str(Path(p).relative_to(out)) for p in vocab_paths] if vocab_paths else None,
-        num_embeddings=sizes,
-        bag_lengths=None,
-        splits=splits,
-        input_files=files,
-        file_lines=plan["file_lines"],
-        bad_counts=plan["bad_counts"],
-        bad_examples=plan["bad_examples"],
-        seconds=time.time() - started,
-        features=features,
+    phases = Phases(
+        parse=partial(_parse_phase, options, spec, files),
+        plan=partial(_plan, options, files),
+        vocab=partial(_vocab_phase, options, spec),
+        write=partial(_write_phase, options, spec),
     )
-    write_json_atomic(out / "manifest.json", manifest)
-    shutil.rmtree(work, ignore_errors=True)
-    return manifest
+    return run_phases(
+        options,
+        phases,
+        input_files=files,
+        input_stats=input_stats,
+        recorded_options={**asdict(options), "dense_transform": spec.dense_transform},
+        arguments=arguments,
+        started=started,
+    )
