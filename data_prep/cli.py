@@ -16,6 +16,7 @@ import os
 import sys
 
 from data_prep import movielens, synth, table, table_cli
+from data_prep.cli_common import positive, run_options
 from data_prep.criteo import PrepOptions, run
 from data_prep.inputs import LAYOUTS, InputError
 from data_prep.manifest import format_summary
@@ -115,12 +116,6 @@ def _add_criteo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _positive(value: int, flag: str) -> int:
-    if value < 1:
-        raise ValueError(f"{flag}: must be >= 1, got {value}")
-    return value
-
-
 def _parse_buckets(text: str) -> tuple[int, ...]:
     try:
         buckets = [int(part) for part in text.split(",")]
@@ -139,7 +134,7 @@ def _parse_buckets(text: str) -> tuple[int, ...]:
 def options_from_args(args: argparse.Namespace) -> PrepOptions:
     """Validates the parsed `criteo` arguments; a bad value raises ValueError naming its flag."""
     if args.vocab_min_count is not None:
-        _positive(args.vocab_min_count, "--vocab-min-count")
+        positive(args.vocab_min_count, "--vocab-min-count")
     if args.chunk_mb <= 0:
         raise ValueError(f"--chunk-mb: must be > 0, got {args.chunk_mb}")
     return PrepOptions(
@@ -150,14 +145,7 @@ def options_from_args(args: argparse.Namespace) -> PrepOptions:
         hash_buckets=_parse_buckets(args.hash_buckets) if args.hash_buckets else (),
         vocab_min_count=args.vocab_min_count or 0,
         dense_transform=args.dense_transform,
-        rows_per_shard=_positive(args.rows_per_shard, "--rows-per-shard"),
-        row_group_rows=_positive(args.row_group_rows, "--row-group-rows"),
-        chunk_bytes=max(1 << 10, int(args.chunk_mb * (1 << 20))),
-        compression=args.compression,
-        workers=_positive(args.workers, "--workers"),
-        on_bad_row=args.on_bad_row,
-        vocab_memory_bytes=_positive(args.vocab_memory_mb, "--vocab-memory-mb") << 20,
-        progress=not args.no_progress,
+        **run_options(args),
         multi_hot=args.multi_hot,
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from data_prep.cli_common import positive, run_options
 from data_prep.parse import DENSE_TRANSFORMS
 from data_prep.table import SPLIT_MODES, TableOptions
 from data_prep.table_parse import FORMATS, TableSpec
@@ -86,12 +87,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _positive(value: int, flag: str) -> int:
-    if value < 1:
-        raise ValueError(f"{flag}: must be >= 1, got {value}")
-    return value
-
-
 def parse_split(text: str) -> tuple[str, tuple[float, float, float]]:
     mode, _, fractions_text = text.partition(":")
     if mode not in SPLIT_MODES:
@@ -157,7 +152,7 @@ def options_from_args(args: argparse.Namespace) -> TableOptions:
     if args.hash_buckets and len(buckets) != len(categorical):
         raise ValueError(f"--hash-buckets: give 1 or {len(categorical)} values, got {len(buckets)}")
     if args.vocab_min_count is not None:
-        _positive(args.vocab_min_count, "--vocab-min-count")
+        positive(args.vocab_min_count, "--vocab-min-count")
     if args.chunk_mb <= 0:
         raise ValueError(f"--chunk-mb: must be > 0, got {args.chunk_mb}")
     spec = TableSpec(
@@ -182,12 +177,5 @@ def options_from_args(args: argparse.Namespace) -> TableOptions:
         split=split,
         split_fractions=fractions,
         seed=args.seed,
-        rows_per_shard=_positive(args.rows_per_shard, "--rows-per-shard"),
-        row_group_rows=_positive(args.row_group_rows, "--row-group-rows"),
-        chunk_bytes=max(1 << 10, int(args.chunk_mb * (1 << 20))),
-        compression=args.compression,
-        workers=_positive(args.workers, "--workers"),
-        on_bad_row=args.on_bad_row,
-        vocab_memory_bytes=_positive(args.vocab_memory_mb, "--vocab-memory-mb") << 20,
-        progress=not args.no_progress,
+        **run_options(args),
     )
