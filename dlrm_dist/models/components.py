@@ -10,6 +10,7 @@ Shapes used below:
     FirstOrderArch:    w_0 + <w_dense, dense_features> + sum_f w_f(v_f)             -> [B]
     FieldArch:         [dense_features W_proj ; e_1 .. e_F]                          -> [B, F + 1, D]
     StackedInputArch:  x_0 = concat(dense_features, e_1, .., e_F)                    -> [B, dense_in_features + F D]
+    DeepLogitArch:     MLP_deep(x), a ReLU MLP whose last layer has one unit          -> [B]
 
 where e_f is the pooled embedding (sum or mean, `model.pooling`) of sparse feature f (TorchRec's `SparseArch`: [B, F, D]) and
 w_f(v) the first-order weight of id v of feature f (a row sum of table `wide_C<f>`, see `tables`).
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchrec.models.dlrm import SparseArch
+from torchrec.models.dlrm import OverArch, SparseArch
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -108,6 +109,11 @@ class FieldArch(nn.Module):
         """D."""
         return self.sparse_arch.D
 
+    @property
+    def flattened_features(self) -> int:
+        """(F + 1) D, the width of the fields flattened to one vector per sample."""
+        return self.num_fields * self.embedding_dim
+
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         """
         Args:
@@ -152,3 +158,38 @@ class StackedInputArch(nn.Module):
             x_0 [B, dense_in_features + F * D].
         """
         return torch.cat([dense_features, self.sparse_arch(sparse_features).flatten(1)], dim=1)
+
+
+class DeepLogitArch(OverArch):
+    """The deep part of Wide&Deep, DeepFM and xDeepFM: TorchRec's `OverArch` (a ReLU MLP, then a Linear)
+    ending in one unit, returning the logit vector [B] rather than a [B, 1] column.
+
+    Its parameters are `OverArch`'s (`model.0.*` for the MLP, `model.1.*` for the last Linear), created
+    in the same order, so checkpoints and seeded initialisation are those of a plain `OverArch`.
+
+    Args:
+        in_features: width of the input.
+        hidden_layer_sizes: sizes of the MLP's layers (at least one); the Linear to one logit follows.
+        device: where the layers are created.
+
+    Example::
+
+        deep_arch = DeepLogitArch(21, [16, 16])
+        logits = deep_arch(torch.rand(2, 21))
+        # logits.shape == (2,)
+    """
+
+    def __init__(
+        self, in_features: int, hidden_layer_sizes: list[int], device: torch.device | None = None
+    ) -> None:
+        super().__init__(in_features, [*hidden_layer_sizes, 1], device=device)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            features: [B, in_features].
+
+        Returns:
+            logits [B].
+        """
+        return super().forward(features).squeeze(-1)

@@ -20,7 +20,7 @@ Shapes used below:
     dense_features [B, 13], sparse_features KJT -> FirstOrderArch (tables wide_C*)   -> [B]
     dense_features [B, 13], sparse_features KJT -> FieldArch (tables C*)             -> fields [B, F + 1, D]
     fields -> FMArch                                                                 -> [B]
-    fields -> flatten -> OverArch (`model.deep_mlp` + [1])                           -> [B, 1] -> [B]
+    fields -> flatten -> DeepLogitArch (`model.deep_mlp` + [1])                      -> [B]
     logits = first order + FM + deep                                                 -> [B]
 """
 
@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchrec.models.dlrm import OverArch
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_dist.config import ModelConfig
-from dlrm_dist.models.components import FieldArch, FirstOrderArch
+from dlrm_dist.models.components import DeepLogitArch, FieldArch, FirstOrderArch
 from dlrm_dist.models.tables import EmbeddingTables
 
 
@@ -95,11 +94,7 @@ class DeepFM(nn.Module):
         self.field_arch = FieldArch(field_collection, dense_in_features, dense_device)
         self.first_order_arch = FirstOrderArch(first_order_collection, dense_in_features, dense_device)
         self.fm_arch = FMArch()
-        self.deep_arch = OverArch(
-            self.field_arch.num_fields * self.field_arch.embedding_dim,
-            [*deep_layer_sizes, 1],
-            device=dense_device,
-        )
+        self.deep_arch = DeepLogitArch(self.field_arch.flattened_features, deep_layer_sizes, dense_device)
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         """
@@ -111,7 +106,7 @@ class DeepFM(nn.Module):
             logits [B].
         """
         fields = self.field_arch(dense_features, sparse_features)
-        deep_logits = self.deep_arch(fields.flatten(1)).squeeze(-1)
+        deep_logits = self.deep_arch(fields.flatten(1))
         first_order_logits = self.first_order_arch(dense_features, sparse_features)
         return first_order_logits + self.fm_arch(fields) + deep_logits
 

@@ -16,7 +16,7 @@ Shapes used below:
 
     dense_features [B, 13], sparse_features KJT -> FirstOrderArch (tables wide_C*)   -> [B]
     dense_features [B, 13], sparse_features KJT -> StackedInputArch (tables C*)      -> x_0 [B, 13 + F D]
-    x_0 -> OverArch (`model.deep_mlp` + [1])                                          -> [B, 1] -> [B]
+    x_0 -> DeepLogitArch (`model.deep_mlp` + [1])                                     -> [B]
     logits = wide + deep                                                              -> [B]
 """
 
@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchrec.models.dlrm import OverArch
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_dist.config import ModelConfig
-from dlrm_dist.models.components import FirstOrderArch, StackedInputArch
+from dlrm_dist.models.components import DeepLogitArch, FirstOrderArch, StackedInputArch
 from dlrm_dist.models.tables import EmbeddingTables
 
 
@@ -65,9 +64,7 @@ class WideDeep(nn.Module):
         super().__init__()
         self.stacked_input_arch = StackedInputArch(field_collection, dense_in_features)
         self.wide_arch = FirstOrderArch(first_order_collection, dense_in_features, dense_device)
-        self.deep_arch = OverArch(
-            self.stacked_input_arch.out_features, [*deep_layer_sizes, 1], device=dense_device
-        )
+        self.deep_arch = DeepLogitArch(self.stacked_input_arch.out_features, deep_layer_sizes, dense_device)
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         """
@@ -79,7 +76,7 @@ class WideDeep(nn.Module):
             logits [B].
         """
         stacked_input = self.stacked_input_arch(dense_features, sparse_features)
-        deep_logits = self.deep_arch(stacked_input).squeeze(-1)
+        deep_logits = self.deep_arch(stacked_input)
         return self.wide_arch(dense_features, sparse_features) + deep_logits
 
 

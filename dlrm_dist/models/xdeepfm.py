@@ -24,7 +24,7 @@ Shapes used below:
     dense_features [B, 13], sparse_features KJT -> FieldArch (tables C*)            -> X^0 [B, m, D]
     CIN layer k: X^{k-1} (x) X^0 -> [B, H_{k-1} m, D] -> 1x1 Conv1d                 -> X^k [B, H_k, D]
     sum over D, concat over k -> Linear                                             -> [B]
-    X^0 -> flatten -> OverArch (`model.deep_mlp` + [1])                              -> [B, 1] -> [B]
+    X^0 -> flatten -> DeepLogitArch (`model.deep_mlp` + [1])                         -> [B]
     logits = linear + CIN + deep                                                    -> [B]
 """
 
@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchrec.models.dlrm import OverArch
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_dist.config import ModelConfig
-from dlrm_dist.models.components import FieldArch, FirstOrderArch
+from dlrm_dist.models.components import DeepLogitArch, FieldArch, FirstOrderArch
 from dlrm_dist.models.tables import EmbeddingTables
 
 
@@ -124,11 +123,7 @@ class XDeepFM(nn.Module):
         self.cin = CIN(self.field_arch.num_fields, list(cin_layer_sizes), dense_device)
         # No bias: the first-order part already carries the global bias w_0.
         self.cin_output = nn.Linear(self.cin.out_features, 1, bias=False, device=dense_device)
-        self.deep_arch = OverArch(
-            self.field_arch.num_fields * self.field_arch.embedding_dim,
-            [*deep_layer_sizes, 1],
-            device=dense_device,
-        )
+        self.deep_arch = DeepLogitArch(self.field_arch.flattened_features, deep_layer_sizes, dense_device)
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         """
@@ -141,7 +136,7 @@ class XDeepFM(nn.Module):
         """
         fields = self.field_arch(dense_features, sparse_features)
         cin_logits = self.cin_output(self.cin(fields)).squeeze(-1)
-        deep_logits = self.deep_arch(fields.flatten(1)).squeeze(-1)
+        deep_logits = self.deep_arch(fields.flatten(1))
         return self.first_order_arch(dense_features, sparse_features) + cin_logits + deep_logits
 
 
