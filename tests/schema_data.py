@@ -2,8 +2,8 @@
 
 `dlrm-prep` writes Criteo's layout (and `table` any other); the trainer must take whatever a manifest's
 `"features"` says. These tests need schemas that no raw format is convenient for (no dense feature,
-one categorical, 100 categoricals, tables of one row), so they write the shards and a manifest the way
-`data_prep.manifest.build_manifest` lays them out, with rows drawn from a known model:
+one categorical, 100 categoricals, tables of one row), so they write the shards themselves, with rows
+drawn from a known model, and the manifest with `data_prep.manifest.build_manifest`:
 
     logit = sum_f effect_f[id_f] (mean over a bag's ids) + 0.8 * sum_d dense_d - bias
 
@@ -20,9 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_prep.features import Categorical, FeatureSchema
-from data_prep.manifest import SCHEMA_VERSION
+from data_prep.inputs import InputFile
+from data_prep.manifest import build_manifest
 
 SPLIT_ROWS = {"train": 4096, "val": 1024, "test": 1024}
+ROW_GROUP_ROWS = 512
 
 
 def odd_schema(shape: str) -> FeatureSchema:
@@ -93,23 +95,30 @@ def write_prepared(
             path = f"{split}/part-{index:05d}.parquet"
             (directory / split).mkdir(exist_ok=True)
             part = table.slice(start, rows_per_file)
-            pq.write_table(part, directory / path, row_group_size=512)
+            pq.write_table(part, directory / path, row_group_size=ROW_GROUP_ROWS)
             files.append({"path": path, "rows": part.num_rows})
         splits[split] = {"rows": rows, "files": files}
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "layout": "test",
-        "encoding": {"mode": "vocab", "min_count": 1},
-        "dense_transform": "none",
-        "columns": {
-            "label": features.label,
-            "dense": list(features.dense),
-            "sparse": list(features.categorical_names),
+    manifest = build_manifest(
+        options={
+            "layout": "test",
+            "dense_transform": "none",
+            "rows_per_shard": rows_per_file,
+            "row_group_rows": ROW_GROUP_ROWS,
         },
-        "num_embeddings": list(features.num_embeddings),
-        "multi_hot": features.any_multi_hot,
-        "features": features.to_json(),
-        "splits": splits,
-    }
+        arguments={},
+        fingerprint={},
+        encoding={"mode": "vocab", "min_count": 1},
+        vocab_files=None,
+        num_embeddings=list(features.num_embeddings),
+        bag_lengths=None,
+        splits=splits,
+        # No file was read: one stands for the drawn rows, so that rows read == rows written holds.
+        input_files=[InputFile(path="drawn", bytes=0)],
+        file_lines=[sum(SPLIT_ROWS.values())],
+        bad_counts={},
+        bad_examples=[],
+        seconds=0.0,
+        features=features,
+    )
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return directory
