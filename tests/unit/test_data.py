@@ -103,21 +103,23 @@ def test_train_batches_are_disjoint_equal_in_number_and_reproducible(prepared_sa
     world_size, batch_size = 2, 256
     steps = train_steps_per_epoch(groups, world_size, batch_size)
     assert steps == (6857 // 2) // 256
-    per_rank = [
-        list(
+    features = features_of(prepared_sample)
+
+    def rank_batches(rank: int, epoch: int) -> list:
+        return list(
             iter_train_batches(
                 groups,
-                r,
+                rank,
                 world_size,
                 batch_size,
                 seed=3,
-                epoch=0,
+                epoch=epoch,
                 shuffle_buffer=500,
-                features=features_of(prepared_sample),
+                features=features,
             )
         )
-        for r in range(2)
-    ]
+
+    per_rank = [rank_batches(r, epoch=0) for r in range(2)]
     assert [len(b) for b in per_rank] == [steps, steps]
     rows = [row for batches in per_rank for batch in batches for row in batch_rows(batch)]
     all_rows = split_rows(prepared_sample, "train")
@@ -125,34 +127,12 @@ def test_train_batches_are_disjoint_equal_in_number_and_reproducible(prepared_sa
     remaining = list(all_rows)
     for row in rows:
         remaining.remove(row)  # raises if a row is served twice or does not exist
-    again = list(
-        iter_train_batches(
-            groups,
-            0,
-            world_size,
-            batch_size,
-            seed=3,
-            epoch=0,
-            shuffle_buffer=500,
-            features=features_of(prepared_sample),
-        )
-    )
+    again = rank_batches(0, epoch=0)
     assert all(
         torch.equal(a.labels, b.labels) and torch.equal(a.dense_features, b.dense_features)
         for a, b in zip(again, per_rank[0], strict=True)
     )
-    next_epoch = list(
-        iter_train_batches(
-            groups,
-            0,
-            world_size,
-            batch_size,
-            seed=3,
-            epoch=1,
-            shuffle_buffer=500,
-            features=features_of(prepared_sample),
-        )
-    )
+    next_epoch = rank_batches(0, epoch=1)
     assert not torch.equal(next_epoch[0].dense_features, per_rank[0][0].dense_features)
 
 
