@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
     encoding = parser.add_mutually_exclusive_group(required=True)
     encoding.add_argument("--hash-buckets", metavar="N[,N...]",
-                          help="hash encoding: id = hash % N (one N, or one per categorical column)")  # fmt: skip
+                          help="hash encoding: id = hash %% N (one N, or one per categorical column)")  # fmt: skip
     encoding.add_argument("--vocab-min-count", type=int, metavar="K",
                           help="vocabulary: values seen >= K times in train get ids 1..n; others and missing get 0")  # fmt: skip
     parser.add_argument("--dense-transform", choices=DENSE_TRANSFORMS, default="log1p",

@@ -112,3 +112,13 @@ def test_typed_parquet_input(tmp_path):
     rows = pq.read_table(out / "train" / "part-00000.parquet").to_pylist()
     assert [row["item"] for row in rows] == [1, 1, 0]  # 7 seen twice -> id 1; missing -> 0
     assert np.allclose([row["x"] for row in rows], [np.log1p(1.5), 0.0, 0.0])
+
+
+@pytest.mark.parametrize("command", ["criteo", "synth", "table", "movielens"])
+def test_help_of_every_command_prints(command, capsys):
+    from data_prep.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "--out" in capsys.readouterr().out
