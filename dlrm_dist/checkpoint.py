@@ -14,18 +14,26 @@ directory, so that a power cut cannot publish a step whose files are still only 
 A load verifies the checksums first. `resume=auto` skips a damaged newest step with one warning naming
 the damaged file and takes the newest intact one; an explicit `resume=PATH` that is damaged stops.
 
-Resuming with another world size would reload the tables fine (DCP reshards), but the data position is
-per-rank, so it is refused before training with a message that says so.
+A checkpoint resumes on any world size and sharding plan. DCP reshards the tables and their optimizer
+state to the new plan; a table keeps the side of the optimizer it was trained on (the dense optimizer
+when data_parallel, the fused one otherwise: `dlrm_dist.sharding` pins that when the new plan would
+differ). The data position is global: the epoch's segments (`dlrm_dist.epoch_order`), so a resume on
+another layout trains each remaining row of the epoch once. The per-rank file of rank r is
+`rank-(r mod W).pt` of the W ranks that wrote it (the RNG states; step, position and schedule are the
+same on every rank). Before loading, every tensor's shape in this run is compared with the checkpoint's,
+so a state that cannot move (a row-wise optimizer's state of a column-wise sharded table, whose size
+counts the column shards) stops with one line naming it instead of a traceback per rank.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +44,7 @@ import torch.distributed.checkpoint as dcp
 
 from dlrm_dist.config import CheckpointConfig
 from dlrm_dist.distributed import DistContext
+from dlrm_dist.epoch_order import Segment
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 CHECKSUMS_FILE = "checksums.json"
@@ -124,13 +133,77 @@ def damaged_file(path: Path, ctx: DistContext) -> str | None:
 
 @dataclass(frozen=True)
 class TrainerState:
-    """Where training stands; saved per rank beside the DCP shards."""
+    """Where training stands; saved per rank beside the DCP shards.
+
+    `world_size`, `batch_size` (per rank) and `shuffle_buffer` are the layout of the epoch's current
+    segment, `batches_into_epoch` the batches each rank drew in it, and `earlier_segments` the epoch's
+    segments on earlier layouts (`dlrm_dist.epoch_order`). `seed` and `train_rows` name the epoch order
+    the position belongs to. Defaults: a state written before these were recorded (same layout assumed).
+    """
 
     step: int
     samples_seen: int
     epoch: int
     batches_into_epoch: int
     world_size: int
+    batch_size: int = 0
+    shuffle_buffer: int = -1
+    seed: int | None = None
+    train_rows: int = 0
+    earlier_segments: tuple[Segment, ...] = ()
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> TrainerState:
+        segments = tuple(Segment(**segment) for segment in saved.get("earlier_segments", ()))
+        return cls(**{**saved, "earlier_segments": segments})
+
+
+def next_epoch(position: TrainerState, epoch: int, seed: int) -> TrainerState:
+    """`position` moved to the start of `epoch`, whose order `seed` fixes."""
+    return dataclasses.replace(position, epoch=epoch, batches_into_epoch=0, seed=seed, earlier_segments=())
+
+
+def resume_position(
+    saved: TrainerState | None, here: TrainerState, source: str
+) -> tuple[TrainerState, Segment | None]:
+    """Where a run starts: fresh, at the checkpoint's position, or there on this run's layout.
+
+    On another layout (world size, per-rank batch or shuffle buffer) the checkpoint's current segment
+    ends where it stands and a new one begins over the epoch's rows not yet trained on. The resumed epoch
+    keeps its order (the checkpoint's seed) even when `training.seed` changed: the next epochs take it.
+
+    Args:
+        saved: the checkpoint's state (None: a fresh run).
+        here: this run at step 0: its layout, `training.seed` and train rows.
+        source: what the checkpoint is, for the error message.
+
+    Returns:
+        The start, and the segment that the checkpoint's position ended when the layout changed (else None).
+
+    Raises:
+        CheckpointError: a checkpoint of another train split (its position would mean other rows).
+    """
+    if saved is None:
+        return here, None
+    if saved.train_rows and saved.train_rows != here.train_rows:
+        raise CheckpointError(
+            f"{source} was trained on {saved.train_rows:,} train rows and this data has {here.train_rows:,}; "
+            "resume on the data it was trained on"
+        )
+    start = dataclasses.replace(
+        here, step=saved.step, samples_seen=saved.samples_seen, epoch=saved.epoch,
+        batches_into_epoch=saved.batches_into_epoch, earlier_segments=saved.earlier_segments,
+        seed=here.seed if saved.seed is None else saved.seed,
+    )  # fmt: skip
+    # A state from before layouts were recorded was written on this run's layout (the only one it took).
+    layout = (saved.world_size, saved.batch_size or here.batch_size,
+              here.shuffle_buffer if saved.shuffle_buffer < 0 else saved.shuffle_buffer)  # fmt: skip
+    if layout == (here.world_size, here.batch_size, here.shuffle_buffer) or not saved.batches_into_epoch:
+        return start, None
+    cut = Segment(*layout, batches=saved.batches_into_epoch)
+    return dataclasses.replace(
+        start, batches_into_epoch=0, earlier_segments=(*start.earlier_segments, cut)
+    ), cut
 
 
 def _barrier() -> None:
@@ -202,9 +275,19 @@ class Checkpointer:
         return path
 
     def save(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: TrainerState
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        state: TrainerState,
+        sharding_types: dict[str, str] | None = None,
     ) -> Path:
-        """Writes step `state.step` on every rank; returns the published directory."""
+        """Writes step `state.step` on every rank; returns the published directory.
+
+        Args:
+            sharding_types: table name -> its sharding type in this run's plan, so that a resume on
+                another plan keeps each table on the optimizer it was trained with.
+        """
         final = self.root / f"step-{state.step}"
         staging = self.root / f".step-{state.step}.tmp"
         if self.ctx.rank == 0:
@@ -214,6 +297,7 @@ class Checkpointer:
         dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=str(staging))
         per_rank = {
             "trainer": asdict(state),
+            "sharding_types": dict(sharding_types or {}),
             "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if self.ctx.device.type == "cuda" else None,
@@ -241,23 +325,70 @@ class Checkpointer:
         _barrier()
         return final
 
+    def read_saved(self, path: Path) -> tuple[TrainerState, dict[str, str]]:
+        """The trainer state and the tables' sharding types a checkpoint recorded (rank 0's file)."""
+        per_rank = torch.load(path / "rank-0.pt", weights_only=False)
+        return TrainerState.from_dict(per_rank["trainer"]), per_rank.get("sharding_types", {})
+
     def load(
         self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
-    ) -> TrainerState:
-        """Restores everything `save` wrote, in place; returns the trainer state to continue from."""
-        per_rank = torch.load(path / f"rank-{self.ctx.rank}.pt", weights_only=False)
-        saved = TrainerState(**per_rank["trainer"])
-        if saved.world_size != self.ctx.world_size:
-            raise ValueError(
-                f"checkpoint.resume: {path} was written by {saved.world_size} ranks, this run has "
-                f"{self.ctx.world_size}; the data position is per rank, so resume with the same world size"
-            )
+    ) -> None:
+        """Restores the model, the optimizer, the schedule and the RNG that `save` wrote, in place.
+
+        The schedule continues at the saved step with this run's peak rates (the same unless the
+        config or, through `optim.reference_batch_size`, the batch size changed).
+
+        Raises:
+            CheckpointError: a tensor of this run that the checkpoint lacks or holds in another shape.
+        """
+        saved, _ = self.read_saved(path)
+        per_rank = torch.load(path / f"rank-{self.ctx.rank % saved.world_size}.pt", weights_only=False)
         state = {"model": model.state_dict(), "optim": optimizer.state_dict()}
+        problem = _mismatch(state, dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+        if problem is not None:
+            raise CheckpointError(
+                f"checkpoint.resume: {path} does not fit this run's plan: {problem}; set sharding.tables "
+                "for that table as in the checkpoint's plan (the run's plan.txt), or resume on its layout"
+            )
         dcp.load(state, checkpoint_id=str(path))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optim"])
+        peak_rates = list(scheduler.base_lrs)
         scheduler.load_state_dict(per_rank["scheduler"])
+        _rebase_schedule(scheduler, peak_rates)
         torch.set_rng_state(per_rank["torch_rng"])
         if per_rank["cuda_rng"] is not None and self.ctx.device.type == "cuda":
             torch.cuda.set_rng_state(per_rank["cuda_rng"])
-        return saved
+
+
+def _tensor_sizes(state: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, list[int]]]:
+    """(DCP key, global size) of every tensor in a nested state dict; DCP joins dict keys with dots."""
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _tensor_sizes(value, f"{name}.")
+        elif isinstance(value, torch.Tensor):  # ShardedTensor and DTensor report their global size
+            yield name, list(value.size())
+
+
+def _mismatch(state: dict[str, Any], saved: dict[str, Any]) -> str | None:
+    for name, size in _tensor_sizes(state):
+        entry = saved.get(name)
+        if entry is None:
+            return f"{name} is not in the checkpoint"
+        saved_size = list(getattr(entry, "size", size))
+        if saved_size != size:
+            return f"{name} is {saved_size} in the checkpoint and {size} here"
+    return None
+
+
+def _rebase_schedule(scheduler: Any, peak_rates: list[float]) -> None:
+    """Keeps this run's peak rates after loading a schedule saved with other ones, at the saved step."""
+    if list(scheduler.base_lrs) == peak_rates:
+        return
+    scheduler.base_lrs = peak_rates
+    for group, rate, factor in zip(
+        scheduler.optimizer.param_groups, peak_rates, scheduler.lr_lambdas, strict=True
+    ):
+        group["initial_lr"] = rate
+        group["lr"] = rate * factor(scheduler.last_epoch)

@@ -30,7 +30,7 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,19 +44,20 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from data_prep.features import FeatureSchema
 from data_prep.manifest import load_manifest
+from dlrm_dist.epoch_order import (
+    Pick,
+    RowGroup,
+    Segment,
+    ShuffleBuffer,
+    epoch_row_groups,
+    rank_picks_and_steps,
+    segment_rng,
+    segment_steps,
+)
 
 
 class DataError(ValueError):
     """Prepared data that cannot be read: a missing or damaged shard (the message names the file)."""
-
-
-@dataclass(frozen=True)
-class RowGroup:
-    """One Parquet row group of a split: the unit of reading and of the per-epoch shuffle."""
-
-    path: str
-    index: int
-    rows: int
 
 
 @dataclass(frozen=True)
@@ -113,21 +114,23 @@ def rank_row_ranges(groups: list[RowGroup], rank: int, world_size: int) -> list[
     return ranges
 
 
-def epoch_row_groups(groups: list[RowGroup], seed: int, epoch: int) -> list[RowGroup]:
-    """The row groups in this epoch's order: a permutation that every rank computes identically."""
-    order = np.random.default_rng([seed, epoch]).permutation(len(groups))
-    return [groups[i] for i in order]
+def _read_group(group: RowGroup) -> pa.Table:
+    try:
+        return pq.ParquetFile(group.path).read_row_group(group.index)
+    except (OSError, pa.ArrowException) as error:
+        # Damage past the footer (checked at start) only shows when the pages are decoded.
+        raise DataError(f"{group.path}: cannot read row group {group.index} ({error})") from None
 
 
 def _read_range(row_range: RowRange) -> pa.Table:
-    try:
-        table = pq.ParquetFile(row_range.group.path).read_row_group(row_range.group.index)
-    except (OSError, pa.ArrowException) as error:
-        # Damage past the footer (checked at start) only shows when the pages are decoded.
-        raise DataError(
-            f"{row_range.group.path}: cannot read row group {row_range.group.index} ({error})"
-        ) from None
-    return table.slice(row_range.start, row_range.stop - row_range.start)
+    return _read_group(row_range.group).slice(row_range.start, row_range.stop - row_range.start)
+
+
+def _read_pick(pick: Pick) -> pa.Table:
+    table = _read_group(pick.group)
+    if isinstance(pick.rows, slice):
+        return table.slice(pick.rows.start, pick.rows.stop - pick.rows.start)
+    return table.take(pa.array(pick.rows, pa.int64()))
 
 
 # One-hot: [F, B] int32 ids. Any multi-hot: a table of the F categorical columns, one row per sample.
@@ -224,9 +227,19 @@ def _take(columns: Columns, rows: np.ndarray | slice) -> Columns:
 
 
 def train_steps_per_epoch(groups: list[RowGroup], world_size: int, batch_size_per_rank: int) -> int:
-    """Steps every rank runs per epoch: full batches of the smallest rank's share."""
-    total = sum(group.rows for group in groups)
-    return (total // world_size) // batch_size_per_rank
+    """Steps every rank runs in a whole epoch: full batches of the smallest rank's share."""
+    return segment_steps(sum(group.rows for group in groups), world_size, batch_size_per_rank)
+
+
+def train_steps_left(
+    groups: list[RowGroup], world_size: int, batch_size_per_rank: int, seed: int, epoch: int,
+    earlier: Sequence[Segment] = (),
+) -> int:  # fmt: skip
+    """Steps every rank runs in the epoch's current segment: all of it, or what `earlier` left."""
+    if not earlier:
+        return train_steps_per_epoch(groups, world_size, batch_size_per_rank)
+    ordered = epoch_row_groups(groups, seed, epoch)
+    return rank_picks_and_steps(ordered, seed, epoch, 0, world_size, batch_size_per_rank, earlier)[1]
 
 
 def iter_train_batches(
@@ -239,8 +252,9 @@ def iter_train_batches(
     shuffle_buffer: int,
     *,
     features: FeatureSchema,
+    earlier: Sequence[Segment] = (),
 ) -> Iterator[Batch]:
-    """This rank's training batches of one epoch, in a deterministic shuffled order.
+    """This rank's training batches of one epoch (or of what is left of it), in a deterministic order.
 
     Args:
         groups: the train split's row groups (`list_row_groups`).
@@ -251,30 +265,18 @@ def iter_train_batches(
         epoch: the epoch.
         shuffle_buffer: rows kept back and mixed with each new row group (0: no row shuffle).
         features: the data set's schema: which columns to read.
+        earlier: segments of this epoch already trained on other layouts (`dlrm_dist.epoch_order`);
+            the batches then cover only the rows they did not emit.
     """
-    steps = train_steps_per_epoch(groups, world_size, batch_size)
     keys = list(features.categorical_names)
-    rng = np.random.default_rng([seed, epoch, rank])
-    ranges = rank_row_ranges(epoch_row_groups(groups, seed, epoch), rank, world_size)
-    pending: list[Columns] = []
-    pending_rows = emitted = 0
-    for row_range in [*ranges, None]:
-        if row_range is not None:
-            pending.append(_columns(_read_range(row_range), features))
-            pending_rows += row_range.stop - row_range.start
-            if pending_rows < shuffle_buffer + batch_size:
-                continue
-        reserve = shuffle_buffer if row_range is not None else 0
-        columns = _concat(pending)
-        order = rng.permutation(pending_rows) if shuffle_buffer else np.arange(pending_rows)
-        ready = max(0, pending_rows - reserve) // batch_size * batch_size
-        for start in range(0, ready, batch_size):
-            if emitted == steps:
-                return
-            yield make_batch(*_take(columns, order[start : start + batch_size]), keys)
-            emitted += 1
-        pending = [_take(columns, order[ready:])]
-        pending_rows -= ready
+    rank_picks, steps = rank_picks_and_steps(
+        epoch_row_groups(groups, seed, epoch), seed, epoch, rank, world_size, batch_size, earlier
+    )
+    buffer: ShuffleBuffer[Columns] = ShuffleBuffer(
+        batch_size, shuffle_buffer, steps, segment_rng(seed, epoch, rank, len(earlier)), _concat, _take
+    )
+    for columns in buffer.batches(rank_picks, lambda pick: _columns(_read_pick(pick), features)):
+        yield make_batch(*columns, keys)
 
 
 def eval_batches_per_rank(groups: list[RowGroup], world_size: int, batch_size: int) -> int:

@@ -18,6 +18,7 @@ and DDP averages their gradients, so they are trained by the dense optimizer, no
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -377,6 +378,7 @@ def shard_model(
     ctx: DistContext,
     batch_size_per_rank: int,
     ids_per_bag: Mapping[str, float] | None = None,
+    trained_types: Mapping[str, str] | None = None,
 ) -> tuple[DistributedModelParallel, ShardingPlan]:
     """Shards `train_module`'s embedding tables over all ranks and data-parallelises the rest.
 
@@ -389,6 +391,7 @@ def shard_model(
         ctx: this rank's distributed context (the default process group must exist).
         batch_size_per_rank: per-rank batch size, for the planner's cost model.
         ids_per_bag: feature name -> ids per bag, the planner's pooling factors (None or empty: one-hot).
+        trained_types: table -> sharding type in the checkpoint being resumed (None: a fresh run).
 
     Returns:
         `(model, plan)`: the `DistributedModelParallel` model (its `fused_optimizer` holds the embedding
@@ -399,8 +402,58 @@ def shard_model(
     )
     planner = build_planner(live_cluster(ctx), batch_size_per_rank, constraints)
     plan = planner.collective_plan(train_module, sharders, dist.GroupMember.WORLD)
+    if trained_types and _replication_changed(plan, trained_types):
+        # A resume on another layout: plan again with each table kept on its side of the optimizer
+        # (every rank decides alike, from the broadcast plan). Planning unpinned first keeps a resume on
+        # the same layout on exactly the plan it had.
+        pinned = pin_replication(constraints, trained_types)
+        planner = build_planner(live_cluster(ctx), batch_size_per_rank, pinned)
+        plan = planner.collective_plan(train_module, sharders, dist.GroupMember.WORLD)
     model = DistributedModelParallel(module=train_module, device=ctx.device, plan=plan, sharders=sharders)
     return model, plan
+
+
+def sharding_types(plan: ShardingPlan) -> dict[str, str]:
+    """Table name -> its sharding type in `plan` (what a checkpoint records)."""
+    return {table: sharding_type for _, table, sharding_type, _, _, _ in _shard_rows(plan)}
+
+
+def _replication_changed(plan: ShardingPlan, trained_types: Mapping[str, str]) -> bool:
+    data_parallel = ShardingType.DATA_PARALLEL.value
+    return any(
+        (planned == data_parallel) != (trained_types[table] == data_parallel)
+        for table, planned in sharding_types(plan).items()
+        if table in trained_types
+    )
+
+
+def pin_replication(
+    constraints: dict[str, ParameterConstraints], trained_types: Mapping[str, str]
+) -> dict[str, ParameterConstraints]:
+    """The constraints with each table held to data_parallel or away from it, as it was trained.
+
+    A data_parallel table is trained by the dense optimizer (through DDP), a sharded one by the fused
+    embedding optimizer: their optimizer states differ in kind (e.g. Adam's moments against row-wise
+    Adagrad's accumulator), so a resume cannot move a table across without losing its state.
+
+    Raises:
+        ValueError: naming `sharding.tables.<table>` when this run's constraints leave it no such type.
+    """
+    data_parallel = ShardingType.DATA_PARALLEL.value
+    pinned = {}
+    for table, constraint in constraints.items():
+        allowed = list(constraint.sharding_types or [])
+        if table in trained_types:
+            was_replicated = trained_types[table] == data_parallel
+            allowed = [t for t in allowed if (t == data_parallel) == was_replicated]
+            if not allowed:
+                raise ValueError(
+                    f"sharding.tables.{table}: the checkpoint trained it {trained_types[table]}, and this "
+                    f"run allows only {', '.join(constraint.sharding_types or [])}; a table cannot move "
+                    "between data_parallel (dense optimizer) and sharded (fused optimizer) on resume"
+                )
+        pinned[table] = dataclasses.replace(constraint, sharding_types=allowed)
+    return pinned
 
 
 def _shard_rows(

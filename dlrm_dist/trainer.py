@@ -9,6 +9,7 @@ compute. Only rank 0 writes files and logs: the others get no-op writers chosen 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -22,13 +23,14 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
 from data_prep.features import FeatureSchema
-from dlrm_dist.checkpoint import Checkpointer, TrainerState
+from dlrm_dist.checkpoint import Checkpointer, TrainerState, next_epoch, resume_position
 from dlrm_dist.config import EvalConfig, JobConfig, ModelConfig
 from dlrm_dist.data import (
     Prefetcher,
     iter_train_batches,
     list_row_groups,
     read_manifest,
+    train_steps_left,
     train_steps_per_epoch,
 )
 from dlrm_dist.distributed import DistContext, peak_memory_by_rank
@@ -39,7 +41,7 @@ from dlrm_dist.models.train_module import CTRTrainModule
 from dlrm_dist.monitor import build_monitor
 from dlrm_dist.optim import build_lr_scheduler, build_optimizer, scaled_learning_rates
 from dlrm_dist.precision import autocast_dtype, compile_dense_parts
-from dlrm_dist.sharding import embedding_bytes_per_rank, plan_to_text, shard_model
+from dlrm_dist.sharding import embedding_bytes_per_rank, plan_to_text, shard_model, sharding_types
 
 
 class NonFiniteLossError(RuntimeError):
@@ -167,7 +169,24 @@ class Trainer:
                 f"training.batch_size = {cfg.training.batch_size} is larger than the train split allows "
                 f"({sum(g.rows for g in self.groups['train'])} rows over {ctx.world_size} ranks)"
             )
-        planned = cfg.training.epochs * self.steps_per_epoch
+        self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint, ctx)
+        # The checkpoint to resume is found first (a collective: its checksums are verified on all ranks
+        # together): the plan, the schedule's length and the epoch's remaining rows follow from it.
+        self.resume_from = self.checkpointer.resume_path(warn=self.log)
+        saved, trained_types = (None, None)
+        if self.resume_from is not None:
+            saved, trained_types = self.checkpointer.read_saved(self.resume_from)
+        here = TrainerState(0, 0, 0, 0, ctx.world_size, self.batch_size, cfg.data.shuffle_buffer,
+                            cfg.training.seed, sum(group.rows for group in self.groups["train"]))  # fmt: skip
+        self.start, self.layout_cut = resume_position(saved, here, f"checkpoint.resume: {self.resume_from}")
+        self.start_epoch_steps = train_steps_left(
+            self.groups["train"], ctx.world_size, self.batch_size, self.start.seed, self.start.epoch,
+            self.start.earlier_segments,
+        )  # fmt: skip
+        planned = self.start.step
+        if self.start.epoch < cfg.training.epochs:
+            planned += self.start_epoch_steps - self.start.batches_into_epoch
+            planned += (cfg.training.epochs - self.start.epoch - 1) * self.steps_per_epoch
         self.total_steps = min(planned, cfg.training.max_steps) if cfg.training.max_steps else planned
 
         self.features = data_features(manifest, cfg.model, cfg.data.path)
@@ -186,10 +205,10 @@ class Trainer:
             ctx,
             self.batch_size,
             planner_ids_per_bag(cfg.model, self.features),
+            trained_types,
         )
         self.optimizer = build_optimizer(self.model, self.optim)
         self.scheduler = build_lr_scheduler(self.optimizer, self.optim, self.total_steps)
-        self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint, ctx)
         # Built in `run`, after the resume is accepted: a SummaryWriter creates tb/ as it starts.
         self.monitor = build_monitor(self.run_dir, False, False)
         self.pipeline = (
@@ -223,23 +242,33 @@ class Trainer:
             self.log(f"TensorBoard: tensorboard --logdir {(self.run_dir / 'tb').resolve()}")
 
     def _restore(self) -> TrainerState:
-        path = self.checkpointer.resume_path(warn=self.log)
-        if path is None:
-            return TrainerState(
-                step=0, samples_seen=0, epoch=0, batches_into_epoch=0, world_size=self.ctx.world_size
-            )
-        state = self.checkpointer.load(path, self.model, self.optimizer, self.scheduler)
+        if self.resume_from is None:
+            return self.start
+        self.checkpointer.load(self.resume_from, self.model, self.optimizer, self.scheduler)
+        start = self.start
         self.log(
-            f"resumed from {path} at step {state.step} (epoch {state.epoch}, batch {state.batches_into_epoch})"
+            f"resumed from {self.resume_from} at step {start.step} (epoch {start.epoch}, batch {start.batches_into_epoch})"
         )
-        return state
+        if self.layout_cut is not None:
+            cut, ranks = (
+                self.layout_cut,
+                f"{self.ctx.world_size} rank{'s' if self.ctx.world_size > 1 else ''}",
+            )
+            self.log(
+                f"epoch {start.epoch} goes on with {ranks} x {self.batch_size} rows per batch (the checkpoint: "
+                f"{cut.world_size} x {cut.batch_size}): {self.start_epoch_steps} steps over the rows it has "
+                "not trained on yet"
+            )
+        return start
 
-    def _epoch_batches(self, epoch: int, skip: int) -> Prefetcher:
+    def _epoch_batches(self, start: TrainerState) -> Prefetcher:
+        """The batches of `start`'s epoch (segment) from its position on; its seed fixes their order."""
         batches = iter_train_batches(
-            self.groups["train"], self.ctx.rank, self.ctx.world_size, self.batch_size,
-            self.cfg.training.seed, epoch, self.cfg.data.shuffle_buffer, features=self.features,
+            self.groups["train"], self.ctx.rank, self.ctx.world_size, self.batch_size, start.seed,
+            start.epoch, self.cfg.data.shuffle_buffer, features=self.features, earlier=start.earlier_segments,
         )  # fmt: skip
-        # Resuming replays the epoch's deterministic order up to the saved position without the model.
+        # Resuming replays the segment's deterministic order up to the saved position without the model.
+        skip = start.batches_into_epoch
         return Prefetcher(itertools.islice(batches, skip, None), self.cfg.data.prefetch_batches)
 
     def _step(self, batches: Iterator, step: int) -> torch.Tensor:
@@ -279,14 +308,16 @@ class Trainer:
 
     def _checkpoint(self, state: TrainerState) -> None:
         if self.cfg.checkpoint.enabled:
-            path = self.checkpointer.save(self.model, self.optimizer, self.scheduler, state)
+            path = self.checkpointer.save(
+                self.model, self.optimizer, self.scheduler, state, sharding_types(self.plan)
+            )
             self.last_saved_step = state.step
             self.log(f"step {state.step}: checkpoint {path}")
 
     def run(self) -> dict[str, Any]:
         """Trains to the configured end, evaluates val and test, writes metrics.json; returns the metrics."""
-        # Restore first: a refused resume (a damaged checkpoint, another world size) stops before this
-        # run has written anything, so the run directory stays as the earlier run left it.
+        # Restore first: a refused resume (a damaged checkpoint, a plan it does not fit) stops before
+        # this run has written anything, so the run directory stays as the earlier run left it.
         state = self._restore()
         self.monitor = build_monitor(self.run_dir, self.cfg.metrics.tensorboard, self.is_writer)
         self._write_run_files()
@@ -304,10 +335,13 @@ class Trainer:
         self.model.train()
         try:
             for epoch in range(state.epoch, self.cfg.training.epochs):
-                skip = state.batches_into_epoch if epoch == state.epoch else 0
-                batches = self._epoch_batches(epoch, skip)
+                resumed_epoch = epoch == state.epoch
+                # A resumed epoch finishes in its own order (its seed, its segments); the next ones are new.
+                epoch_start = state if resumed_epoch else next_epoch(position, epoch, self.cfg.training.seed)
+                epoch_steps = self.start_epoch_steps if resumed_epoch else self.steps_per_epoch
+                batches = self._epoch_batches(epoch_start)
                 try:
-                    for batch_index in range(skip, self.steps_per_epoch):
+                    for batch_index in range(epoch_start.batches_into_epoch, epoch_steps):
                         if step >= self.total_steps or reached_target:
                             break
                         loss = self._step(batches, step)
@@ -317,11 +351,14 @@ class Trainer:
                         progress.update(1)
                         if step % self.cfg.training.log_every_steps == 0 or step == self.total_steps:
                             self._log_train(loss, step, samples_seen, started, steps_at_start, batches)
-                        position = TrainerState(
-                            step, samples_seen, epoch, batch_index + 1, self.ctx.world_size
+                        position = dataclasses.replace(
+                            epoch_start,
+                            step=step,
+                            samples_seen=samples_seen,
+                            batches_into_epoch=batch_index + 1,
                         )
-                        if position.batches_into_epoch == self.steps_per_epoch:
-                            position = TrainerState(step, samples_seen, epoch + 1, 0, self.ctx.world_size)
+                        if batch_index + 1 == epoch_steps:
+                            position = next_epoch(position, epoch + 1, self.cfg.training.seed)
                         if eval_every and step % eval_every == 0 and step < self.total_steps:
                             with self._paused():
                                 val = self._evaluate("val", self.cfg.eval.max_rows)

@@ -203,16 +203,44 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_run(prepared_sample, tm
         assert torch.equal(final_got[key], tensor), key
 
 
-def test_resume_with_another_world_size_stops_before_training(prepared_sample, tmp_path):
-    run_dir = tmp_path / "run"
+def _data_parallel_tables(run_dir: Path) -> set[str]:
+    lines = (run_dir / "plan.txt").read_text().splitlines()[1:]
+    return {line.split()[1] for line in lines if line.split()[2] == "data_parallel"}
+
+
+@pytest.mark.slow
+def test_resume_on_other_world_sizes_and_batch_sizes_goes_on_with_the_epochs_rest(prepared_sample, tmp_path):
+    """2 ranks x 128 -> 1 rank x 256 -> 2 ranks x 64: each hop resumes from the last checkpoint."""
+    first = tmp_path / "first"
     subprocess.run(
-        _torchrun(prepared_sample, run_dir, "--training.max_steps=8"), check=True, capture_output=True
+        _torchrun(prepared_sample, first, "--training.max_steps=8"), check=True, capture_output=True
     )
+    single_run = tmp_path / "single"
     single = subprocess.run(
         [sys.executable, str(REPO_ROOT / "dlrm_dist/train.py"), "--config", str(REPO_ROOT / "configs/tiny.toml"),
-         "--data", str(prepared_sample), "--run-dir", str(run_dir), "--training.batch_size=256",
-         "--checkpoint.resume=auto", "--metrics.progress_bar=false"],
+         "--data", str(prepared_sample), "--run-dir", str(single_run), "--training.batch_size=256",
+         "--eval.every_steps=0", "--checkpoint.every_steps=8", "--training.max_steps=16",
+         f"--checkpoint.resume={first}/checkpoints/step-8", "--metrics.progress_bar=false"],
         capture_output=True, text=True,
     )  # fmt: skip
-    assert single.returncode != 0
-    assert "written by 2 ranks, this run has 1" in single.stderr
+    assert single.returncode == 0, single.stderr[-3000:]
+    train_rows = 6857
+    left = train_rows - 8 * 256
+    assert (
+        f"epoch 0 goes on with 1 rank x 256 rows per batch (the checkpoint: 2 x 128): {left // 256} steps"
+        in (single.stdout + single.stderr)
+    )
+    # Tables stay on the optimizer they were trained by: 1 rank alone would plan them otherwise.
+    assert _data_parallel_tables(single_run) == _data_parallel_tables(first) != set()
+    last = tmp_path / "last"
+    resumed = subprocess.run(
+        _torchrun(prepared_sample, last, "--training.batch_size=128", f"--checkpoint.resume={single_run}/checkpoints/step-16"),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = json.loads((last / "metrics.json").read_text())
+    # Rows trained: 8 steps of 256, 8 of 256, then full batches of 2 x 64 of what those left.
+    remaining = train_rows - 16 * 256
+    assert metrics["train"]["steps"] == 16 + (remaining // 2) // 64
+    assert metrics["train"]["samples"] == 16 * 256 + (remaining // 2) // 64 * 128
+    assert 0.6 < metrics["test"]["auc"] < 0.8
