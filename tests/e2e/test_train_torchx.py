@@ -98,12 +98,14 @@ def test_torchx_two_rank_run_writes_metrics_and_tensorboard(prepared_synth, tmp_
     assert metrics["test"]["logloss"] < constant_logloss - 0.02
 
 
-def _torchx_train(prepared: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+def _torchx_train(
+    prepared: Path, run_dir: Path, *extra: str, jobs: str = "1x2", train_args: tuple[str, ...] = ()
+) -> subprocess.Popen:
     command = [
-        str(BIN / "torchx"), "run", "-s", "local_cwd", "launch/components.py:train", "-j", "1x2", *extra, "--",
+        str(BIN / "torchx"), "run", "-s", "local_cwd", "launch/components.py:train", "-j", jobs, *extra, "--",
         "--config", "configs/tiny.toml", "--data", str(prepared), "--run-dir", str(run_dir),
         "--metrics.progress_bar=false", "--training.device=cpu", "--checkpoint.every_steps=2",
-        "--training.batch_size=256", "--metrics.tensorboard=false",
+        "--training.batch_size=256", "--metrics.tensorboard=false", *train_args,
     ]  # fmt: skip
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     return subprocess.Popen(
@@ -125,10 +127,19 @@ def _first_attempt_rank(run_dir: Path, local_rank: int) -> list[int]:
     return pids
 
 
-def test_a_killed_rank_restarts_under_torchx_and_ends_like_an_uninterrupted_run(prepared_sample, tmp_path):
-    uninterrupted = _torchx_train(prepared_sample, tmp_path / "whole")
-    output, _ = uninterrupted.communicate(timeout=600)
-    assert uninterrupted.returncode == 0, output[-3000:]
+@pytest.fixture(scope="module")
+def uninterrupted(prepared_sample, tmp_path_factory) -> dict:
+    """The metrics of a whole 1x2 run of `_torchx_train`."""
+    run_dir = tmp_path_factory.mktemp("whole")
+    job = _torchx_train(prepared_sample, run_dir)
+    output, _ = job.communicate(timeout=600)
+    assert job.returncode == 0, output[-3000:]
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_a_killed_rank_restarts_under_torchx_and_ends_like_an_uninterrupted_run(
+    prepared_sample, uninterrupted, tmp_path
+):
 
     run_dir = tmp_path / "killed"
     job = _torchx_train(prepared_sample, run_dir, "--max_retries", "1")
@@ -143,7 +154,26 @@ def test_a_killed_rank_restarts_under_torchx_and_ends_like_an_uninterrupted_run(
     output, _ = job.communicate(timeout=600)
     assert job.returncode == 0, output[-3000:]
     assert "restart 1: resuming from the newest intact checkpoint" in output
-    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     resumed = json.loads((run_dir / "metrics.json").read_text())
-    assert resumed["train"]["steps"] == whole["train"]["steps"]
-    assert resumed["val"] == whole["val"] and resumed["test"] == whole["test"]
+    assert resumed["train"]["steps"] == uninterrupted["train"]["steps"]
+    assert resumed["val"] == uninterrupted["val"] and resumed["test"] == uninterrupted["test"]
+
+
+def test_a_1x2_checkpoint_resumes_on_2x1_with_another_plan_and_ends_like_an_uninterrupted_run(
+    prepared_sample, uninterrupted, tmp_path
+):
+    run_dir = tmp_path / "moved"
+    # tiny.toml has a constant rate, so stopping at step 6 changes nothing of the first 6 steps.
+    first = _torchx_train(prepared_sample, run_dir, jobs="1x2", train_args=("--training.max_steps=6",))
+    output, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, output[-3000:]
+    first_plan = (run_dir / "plan.txt").read_text()
+    moved = _torchx_train(prepared_sample, run_dir, jobs="2x1", train_args=("--checkpoint.resume=auto",))
+    output, _ = moved.communicate(timeout=600)
+    assert moved.returncode == 0, output[-3000:]
+    assert "resumed from" in output and "at step 6" in output
+    # Two hosts of one rank: the planner shards otherwise than on one host of two.
+    assert (run_dir / "plan.txt").read_text() != first_plan
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    assert resumed["train"]["steps"] == uninterrupted["train"]["steps"]
+    assert resumed["val"] == uninterrupted["val"] and resumed["test"] == uninterrupted["test"]
