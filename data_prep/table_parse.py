@@ -116,8 +116,9 @@ def _line_flags(data: bytes, csv_quotes: bool) -> tuple[int, np.ndarray, np.ndar
     carriage = b"\r" in data and (
         data.count(b"\r") != data.count(b"\r\n") or b"\n\r\n" in data or data.startswith(b"\r\n")
     )
-    empty = data.startswith(b"\n") or b"\n\n" in data
-    if not (carriage or empty or (csv_quotes and b'"' in data)):
+    # Quoted fields need the per-line pass anyway, which finds empty lines too: the search for them (a
+    # scan of the whole chunk) is only worth it when it can spare that pass.
+    if not (carriage or (csv_quotes and b'"' in data)) and not (data.startswith(b"\n") or b"\n\n" in data):
         return None
     buffer = np.frombuffer(data, np.uint8)
     ends = np.flatnonzero(buffer == 10)
@@ -128,16 +129,16 @@ def _line_flags(data: bytes, csv_quotes: bool) -> tuple[int, np.ndarray, np.ndar
     has_cr = (stops > starts) & (buffer[np.maximum(stops - 1, 0)] == 13)
     stops[has_cr] -= 1
     reason = np.zeros(len(starts), np.uint8)
-    carriages = np.flatnonzero(buffer == 13)
+    carriages = np.flatnonzero(buffer == 13) if carriage else ()
     if len(carriages) > has_cr.sum():
         inner = carriages[~np.isin(carriages, stops[has_cr])]
         reason[np.searchsorted(ends, inner)] = 1
     if csv_quotes:
-        # Quotes per line: the running count at each line end, by a binary search of the (fewer)
-        # line ends in the quotes' positions.
-        quotes = np.flatnonzero(buffer == 34)
-        per_line = np.diff(np.searchsorted(quotes, ends), prepend=0)
-        reason[per_line % 2 == 1] = 1
+        # Each line's quote-count parity: an XOR of the quote mask over the line's bytes [start, next
+        # start), which is never empty (it holds the line's `\n`, or the file's last byte). One pass
+        # over the bytes, no array of quote positions (most CSV writers quote every string field).
+        odd = np.bitwise_xor.reduceat((buffer == 34).view(np.uint8), starts)
+        reason[odd == 1] = 1
     reason[(stops == starts) & (reason == 0)] = 2
     return len(starts), starts, ends, reason
 

@@ -136,7 +136,16 @@ def _ids(
     hashes: np.ndarray, index: int, hash_buckets: list[int] | None, vocabularies: list | None
 ) -> np.ndarray:
     if vocabularies is not None:
-        return encode.vocab_ids(hashes, vocabularies[index])
+        kept = vocabularies[index]
+        if len(kept) <= len(hashes):
+            # A hash-table lookup of each row (pyarrow builds the table from the vocabulary per call,
+            # which costs less than the rows' lookups while the vocabulary is not larger than them).
+            found = pc.index_in(pa.array(hashes), value_set=pa.array(kept)).fill_null(-1)
+            return (found.to_numpy() + 1).astype(np.int32)
+        # A large vocabulary: a binary search per distinct value of the row group (pyarrow's hash-based
+        # dictionary encoding finds them in one pass), not per row.
+        distinct = pc.dictionary_encode(pa.array(hashes))
+        return encode.vocab_ids(distinct.dictionary.to_numpy(), kept)[distinct.indices.to_numpy()]
     return (hashes % np.uint64(hash_buckets[index])).astype(np.int32)
 
 
