@@ -332,8 +332,10 @@ class Checkpointer:
 
     def load(
         self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
-    ) -> None:
+    ) -> TrainerState:
         """Restores the model, the optimizer, the schedule and the RNG that `save` wrote, in place.
+
+        Returns the trainer state as saved (`resume_position` turns it into this run's start).
 
         The schedule continues at the saved step with this run's peak rates (the same unless the
         config or, through `optim.reference_batch_size`, the batch size changed).
@@ -359,6 +361,7 @@ class Checkpointer:
         torch.set_rng_state(per_rank["torch_rng"])
         if per_rank["cuda_rng"] is not None and self.ctx.device.type == "cuda":
             torch.cuda.set_rng_state(per_rank["cuda_rng"])
+        return saved
 
 
 def _tensor_sizes(state: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, list[int]]]:
