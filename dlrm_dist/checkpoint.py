@@ -193,10 +193,14 @@ def resume_position(
     start = dataclasses.replace(
         here, step=saved.step, samples_seen=saved.samples_seen, epoch=saved.epoch,
         batches_into_epoch=saved.batches_into_epoch, earlier_segments=saved.earlier_segments,
-        seed=here.seed if saved.seed is None else saved.seed,
+        # An epoch that has started finishes in its order; one that has not takes this run's seed.
+        seed=saved.seed if saved.seed is not None and (saved.batches_into_epoch or saved.earlier_segments)
+        else here.seed,
     )  # fmt: skip
-    # A state from before layouts were recorded was written on this run's layout (the only one it took).
-    layout = (saved.world_size, saved.batch_size or here.batch_size,
+    # A state from before layouts were recorded: its per-rank batch from what it counted (samples_seen is
+    # the global batch times the steps), its shuffle buffer this run's (it could resume on no other).
+    batch_size = saved.batch_size or (saved.samples_seen // max(saved.step, 1) // saved.world_size)
+    layout = (saved.world_size, batch_size or here.batch_size,
               here.shuffle_buffer if saved.shuffle_buffer < 0 else saved.shuffle_buffer)  # fmt: skip
     if layout == (here.world_size, here.batch_size, here.shuffle_buffer) or not saved.batches_into_epoch:
         return start, None
@@ -386,9 +390,12 @@ def _mismatch(state: dict[str, Any], saved: dict[str, Any]) -> str | None:
 
 
 def _rebase_schedule(scheduler: Any, peak_rates: list[float]) -> None:
-    """Keeps this run's peak rates after loading a schedule saved with other ones, at the saved step."""
-    if list(scheduler.base_lrs) == peak_rates:
-        return
+    """Sets every group's rate to the saved step's, with this run's peak rates.
+
+    Needed even when the peak rates are the saved ones: `LambdaLR.load_state_dict` restores the step
+    count but not the groups' rates, and TorchRec's optimizers do not save their param_groups, so the
+    groups would keep the rate a fresh schedule gives step 0 (a warmup's first, smallest rate).
+    """
     scheduler.base_lrs = peak_rates
     for group, rate, factor in zip(
         scheduler.optimizer.param_groups, peak_rates, scheduler.lr_lambdas, strict=True

@@ -111,30 +111,42 @@ def share(intervals: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     return np.stack([low[keep], high[keep]], axis=1)
 
 
+def _ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """The concatenation of np.arange(start, stop) over the pairs, without a Python loop."""
+    lengths = stops - starts
+    offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return np.arange(int(lengths.sum()), dtype=np.int64) + offsets
+
+
 def picks(intervals: np.ndarray, ordered_groups: list[RowGroup]) -> list[Pick]:
     """What to read for some positions: one `Pick` per row group they touch, in epoch order.
 
     A group touched by one interval is a slice of it (so a fresh epoch reads ranges, as it always
-    did); a group touched by several gets their rows as indices, and is still read once.
+    did); a group touched by several gets their rows as indices, and is still read once. Vectorised:
+    after a resume there is an interval per row that was left in an earlier buffer (millions).
     """
-    group_starts = np.cumsum([0] + [group.rows for group in ordered_groups])
-    by_group: dict[int, list[tuple[int, int]]] = {}
-    for start, stop in intervals.tolist():
-        first = int(np.searchsorted(group_starts, start, side="right")) - 1
-        while start < stop:
-            group_stop = int(group_starts[first + 1])
-            cut = min(stop, group_stop)
-            by_group.setdefault(first, []).append(
-                (start - int(group_starts[first]), cut - int(group_starts[first]))
-            )
-            start, first = cut, first + 1
+    group_starts = np.cumsum([0] + [group.rows for group in ordered_groups]).astype(np.int64)
+    if not len(intervals):
+        return []
+    # Each interval cut at the group boundaries inside it: one piece per (interval, group).
+    first = np.searchsorted(group_starts, intervals[:, 0], side="right") - 1
+    last = np.searchsorted(group_starts, intervals[:, 1] - 1, side="right") - 1
+    counts = last - first + 1
+    piece_group = np.repeat(first, counts) + _ranges(np.zeros(len(counts), np.int64), counts)
+    piece_start = np.maximum(np.repeat(intervals[:, 0], counts), group_starts[piece_group])
+    piece_stop = np.minimum(np.repeat(intervals[:, 1], counts), group_starts[piece_group + 1])
+    nonempty = piece_stop > piece_start  # an empty row group inside a share is not read
+    piece_group, piece_start, piece_stop = piece_group[nonempty], piece_start[nonempty], piece_stop[nonempty]
+    groups, first_piece, num_pieces = np.unique(piece_group, return_index=True, return_counts=True)
     result = []
-    for index in sorted(by_group):
-        runs = by_group[index]
-        rows: slice | np.ndarray = (
-            slice(*runs[0]) if len(runs) == 1 else np.concatenate([np.arange(a, b) for a, b in runs])
+    for group, begin, count in zip(groups.tolist(), first_piece.tolist(), num_pieces.tolist(), strict=True):
+        offset = int(group_starts[group])
+        starts, stops = (
+            piece_start[begin : begin + count] - offset,
+            piece_stop[begin : begin + count] - offset,
         )
-        result.append(Pick(ordered_groups[index], int(group_starts[index]), rows))
+        rows = slice(int(starts[0]), int(stops[0])) if count == 1 else _ranges(starts, stops)
+        result.append(Pick(ordered_groups[group], offset, rows))
     return result
 
 
@@ -208,6 +220,12 @@ def _intervals_of(positions: np.ndarray) -> np.ndarray:
     return np.stack([starts, stops], axis=1).astype(np.int64)
 
 
+def _pick_intervals(pick: Pick) -> np.ndarray:
+    if isinstance(pick.rows, slice):
+        return np.array([[pick.rows.start, pick.rows.stop]], np.int64) + pick.first_position
+    return _intervals_of(pick.positions())
+
+
 def _merge(parts: list[np.ndarray]) -> np.ndarray:
     """Disjoint interval sets as one, sorted, with touching intervals joined."""
     intervals = np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
@@ -260,8 +278,8 @@ def epoch_remainder(
             for emitted, _ in enumerate(buffer.batches(rank_picks, Pick.positions), start=1):
                 if emitted == segment.batches:
                     break
-            unread = [pick.positions() for pick in rank_picks[buffer.picks_read :]]
-            left.append(_intervals_of(np.concatenate([buffer.held(), *unread])))
+            # What the rank had not read stays as intervals; only its buffer's rows are scattered.
+            left += [_intervals_of(buffer.held()), *map(_pick_intervals, rank_picks[buffer.picks_read :])]
         intervals = _merge(left)
     return intervals
 

@@ -278,6 +278,10 @@ class Trainer:
             loss, _, _ = self.pipeline.progress(batches)
             return loss
         batch = next(batches).to(self.ctx.device)
+        # Before forward, as TorchRec's train pipelines do: zero_grad() is also where the fused embedding
+        # optimizer copies this step's scheduled rate into its kernel, which then updates the tables
+        # inside backward (after step() it would hand them the previous step's rate).
+        self.optimizer.zero_grad()
         loss, _ = self.model(batch)
         # On CPU reading the loss costs no device sync, so check every step, before backward: the fused
         # embedding optimizer updates the tables inside backward, so after it is already too late.
@@ -285,7 +289,6 @@ class Trainer:
             raise NonFiniteLossError(f"loss is {loss.item()} at step {step + 1}; stopping before its update")
         loss.backward()
         self.optimizer.step()
-        self.optimizer.zero_grad()
         return loss
 
     def _evaluate(self, split: str, max_rows: int = 0) -> dict[str, float]:

@@ -165,12 +165,13 @@ def _checkpoint_tensors(step_dir: Path, out: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_killed_and_resumed_run_equals_the_uninterrupted_run(prepared_sample, tmp_path):
-    steps = "--training.max_steps=24"
+    # A warmup and a decay, so that the rates after the resume are checked too (not only constant ones).
+    steps = ("--training.max_steps=24", "--optim.warmup_steps=10", "--optim.decay=linear")
     reference = tmp_path / "reference"
-    subprocess.run(_torchrun(prepared_sample, reference, steps), check=True, capture_output=True)
+    subprocess.run(_torchrun(prepared_sample, reference, *steps), check=True, capture_output=True)
 
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen(_torchrun(prepared_sample, interrupted, steps), stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(_torchrun(prepared_sample, interrupted, *steps), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 120
     while not (interrupted / "checkpoints" / "step-8").exists():
@@ -182,7 +183,7 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_run(prepared_sample, tm
     # Whatever the kill left half-written must not count: only complete step dirs are resumed from.
     shutil.rmtree(interrupted / "tb", ignore_errors=True)
     resumed = subprocess.run(
-        _torchrun(prepared_sample, interrupted, steps, "--checkpoint.resume=auto"),
+        _torchrun(prepared_sample, interrupted, *steps, "--checkpoint.resume=auto"),
         capture_output=True,
         text=True,
     )
