@@ -49,7 +49,9 @@ from dlrm_dist.epoch_order import (
     RowGroup,
     Segment,
     ShuffleBuffer,
+    epoch_remainder,
     epoch_row_groups,
+    interval_rows,
     rank_picks_and_steps,
     segment_rng,
     segment_steps,
@@ -238,8 +240,8 @@ def train_steps_left(
     """Steps every rank runs in the epoch's current segment: all of it, or what `earlier` left."""
     if not earlier:
         return train_steps_per_epoch(groups, world_size, batch_size_per_rank)
-    ordered = epoch_row_groups(groups, seed, epoch)
-    return rank_picks_and_steps(ordered, seed, epoch, 0, world_size, batch_size_per_rank, earlier)[1]
+    remaining = epoch_remainder(epoch_row_groups(groups, seed, epoch), seed, epoch, earlier)
+    return segment_steps(interval_rows(remaining), world_size, batch_size_per_rank)
 
 
 def iter_train_batches(
