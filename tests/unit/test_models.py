@@ -7,7 +7,10 @@ import dataclasses
 import pytest
 import torch
 import torchrec.fx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torchrec.datasets.utils import Batch
+from torchrec.models.dlrm import InteractionArch
 from torchrec.modules.embedding_configs import PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -15,6 +18,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from data_prep.schema import NUM_DENSE, SPARSE_COLUMNS
 from dlrm_dist.config import ModelConfig
 from dlrm_dist.models import MODEL_REGISTRY, build_model
+from dlrm_dist.models.dlrm import DLRMLogits, DLRMWithoutDense, FlatTriuInteractionArch
 from dlrm_dist.models.train_module import CTRTrainModule
 
 BATCH_SIZE = 5
@@ -118,3 +122,51 @@ def test_tables_need_at_least_one_row_and_one_feature() -> None:
         build_model(SMALL_DLRM, [10, 0, 10])
     with pytest.raises(ValueError, match=r"num_embeddings: a model needs at least one categorical feature"):
         build_model(SMALL_DLRM, [])
+
+
+def _output_and_grads(module: torch.nn.Module, inputs: list[torch.Tensor], upstream: torch.Tensor):
+    leaves = [tensor.clone().requires_grad_() for tensor in inputs]
+    output = module(*leaves)
+    output.backward(upstream)
+    return output.detach(), [leaf.grad for leaf in leaves]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batch=st.integers(1, 9), num_sparse=st.integers(0, 30), dim=st.integers(1, 9), seed=st.integers(0, 2**16)
+)
+def test_flat_triu_interaction_equals_torchrecs_bit_for_bit(batch, num_sparse, dim, seed) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    dense = torch.randn(batch, dim, generator=generator)
+    sparse = torch.randn(batch, num_sparse, dim, generator=generator)
+    # D + F + (F choose 2) outputs.
+    upstream = torch.randn(batch, dim + num_sparse * (num_sparse + 1) // 2, generator=generator)
+    reference = _output_and_grads(InteractionArch(num_sparse), [dense, sparse], upstream)
+    ours = _output_and_grads(FlatTriuInteractionArch(num_sparse), [dense, sparse], upstream)
+    assert torch.equal(ours[0], reference[0])
+    for our_grad, reference_grad in zip(ours[1], reference[1], strict=True):
+        if reference_grad is None:  # F = 0: the (empty) embeddings take no part
+            assert our_grad is None
+        else:
+            assert torch.equal(our_grad, reference_grad)
+
+
+def test_dlrm_uses_the_flat_interaction_and_keeps_torchrecs_state_dict_keys() -> None:
+    model = build_model(SMALL_DLRM, TABLE_ROWS, NUM_DENSE, CPU, CPU)
+    assert isinstance(model, DLRMLogits)
+    assert isinstance(model.inter_arch, FlatTriuInteractionArch)
+    assert not [key for key in model.state_dict() if "inter_arch" in key]
+
+
+def test_dlrm_without_dense_feeds_the_embedding_sum_and_each_pair_dot_product_once() -> None:
+    model = build_model(SMALL_DLRM, TABLE_ROWS[:4], 0, CPU, CPU)
+    assert isinstance(model, DLRMWithoutDense)
+    embeddings = torch.randn(3, 4, SMALL_DLRM.embedding_dim, generator=torch.Generator().manual_seed(3))
+    seen = []
+    model.over_arch.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    model.sparse_arch.forward = lambda sparse_features: embeddings
+    model(torch.zeros(3, 0), None)
+    # Written from the definition, one pair at a time.
+    pairs = [(embeddings[:, f] * embeddings[:, g]).sum(dim=1) for f in range(4) for g in range(f + 1, 4)]
+    expected = torch.cat([embeddings.sum(dim=1), torch.stack(pairs, dim=1)], dim=1)
+    torch.testing.assert_close(seen[0], expected)
