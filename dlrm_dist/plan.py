@@ -187,6 +187,7 @@ def plan_cluster(
         cfg.optim,
         cluster.device_type,
         ids_per_bag,
+        cluster.world_size,
     )
     chosen: list[list[ShardingOption]] = []
 

@@ -334,6 +334,8 @@ class Trainer:
         progress = tqdm(total=self.total_steps, initial=step, desc="train", unit="step",
                         disable=not (self.is_writer and self.cfg.metrics.progress_bar), dynamic_ncols=True)  # fmt: skip
         started, steps_at_start, reached_target = time.perf_counter(), step, False
+        # (step, unpaused clock) at the end of the first logging window: the steady rate starts there.
+        steady_from: tuple[int, float] | None = None
         position = state
         self.model.train()
         try:
@@ -352,6 +354,8 @@ class Trainer:
                         step += 1
                         samples_seen += global_batch
                         progress.update(1)
+                        if step - steps_at_start == self.cfg.training.log_every_steps:
+                            steady_from = (step, time.perf_counter() - self.paused_seconds)
                         if step % self.cfg.training.log_every_steps == 0 or step == self.total_steps:
                             self._log_train(loss, step, samples_seen, started, steps_at_start, batches)
                         position = dataclasses.replace(
@@ -377,10 +381,14 @@ class Trainer:
                     batches.close()
                 if step >= self.total_steps or reached_target:
                     break
-            elapsed = time.perf_counter() - started - self.paused_seconds
+            ended = time.perf_counter() - self.paused_seconds
+            elapsed = ended - started
+            steady_rate = None
+            if steady_from is not None and step > steady_from[0]:
+                steady_rate = (step - steady_from[0]) * global_batch / max(ended - steady_from[1], 1e-9)
             if step and step != self.last_saved_step:
                 self._checkpoint(position)
-            return self._finish(step, samples_seen, elapsed, steps_at_start, reached_target)
+            return self._finish(step, samples_seen, elapsed, steps_at_start, reached_target, steady_rate)
         finally:
             progress.close()
             self.monitor.close()
@@ -427,7 +435,13 @@ class Trainer:
         )
 
     def _finish(
-        self, step: int, samples_seen: int, elapsed: float, first_step: int, reached_target: bool
+        self,
+        step: int,
+        samples_seen: int,
+        elapsed: float,
+        first_step: int,
+        reached_target: bool,
+        steady_rate: float | None,
     ) -> dict[str, Any]:
         val = self._evaluate("val")
         self._log_eval("val", val, step)
@@ -441,6 +455,9 @@ class Trainer:
                 "steps": step,
                 "samples": samples_seen,
                 "samples_per_sec": trained_samples / elapsed if elapsed > 0 else 0.0,
+                # After the first logging window (start-up: first reads, allocations, warm caches left
+                # out); None when the run had one window or fewer.
+                "steady_samples_per_sec": steady_rate,
                 "seconds": elapsed,
                 "data_wait_fraction": self.data_wait_seconds / elapsed if elapsed > 0 else 0.0,
                 "reached_target_auc": reached_target,

@@ -69,6 +69,8 @@ def test_torchx_two_rank_run_writes_metrics_and_tensorboard(prepared_synth, tmp_
     assert metrics["train"]["steps"] == 2 * ROWS_PER_DAY // 512
     assert metrics["train"]["samples"] == metrics["train"]["steps"] * 512
     assert metrics["train"]["samples_per_sec"] > 0
+    # 117 steps logged every 20: a rate after the first window exists.
+    assert metrics["train"]["steady_samples_per_sec"] > 0
     oracle = oracle_auc(synth, day=2, start=half)
     # The planted signal is learnable: well above chance, and never above the oracle's ceiling.
     assert 0.65 < metrics["test"]["auc"] < oracle + 0.01, (metrics["test"], oracle)

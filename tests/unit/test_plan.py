@@ -128,6 +128,23 @@ def test_memory_per_rank_is_the_planners_storage_of_the_shards_placed_there():
     )
 
 
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
+def test_one_rank_plans_tables_whole_unless_the_recipe_says_otherwise(device_type):
+    sizes = [100_000] * 26
+    one_rank = ClusterShape(
+        world_size=1, local_world_size=1, device_type=device_type, hbm_bytes=8 * GIB, ddr_bytes=8 * GIB
+    )
+    report = plan_cluster(_tiny_cfg(), sizes, one_rank, batch_size_per_rank=2048)
+    assert {option.sharding_type for option in report.options} <= {"table_wise", "data_parallel"}
+    # A type the recipe names is still honoured on one rank.
+    named = plan_cluster(_tiny_cfg("--sharding.types=row_wise"), sizes, one_rank, batch_size_per_rank=2048)
+    assert {option.sharding_type for option in named.options} == {"row_wise"}
+    # Left open on two ranks, the planner still has every type to choose from.
+    module = CTRTrainModule(build_model(_tiny_cfg().model, sizes, dense_device=torch.device("meta")))
+    _, constraints = prepare_planning(module, _tiny_cfg().sharding, _tiny_cfg().optim, device_type, None, 2)
+    assert "table_row_wise" in constraints["C1"].sharding_types
+
+
 def test_multi_hot_sizes_become_the_planners_pooling_factors():
     sizes = [1000] * 26
     multi_hot = [3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1]
@@ -135,7 +152,7 @@ def test_multi_hot_sizes_become_the_planners_pooling_factors():
     cfg = _tiny_cfg("--model.name=deepfm", multi_hot_override)
     module = CTRTrainModule(build_model(cfg.model, sizes, dense_device=torch.device("meta")))
     ids_per_bag = planner_ids_per_bag(cfg.model, None)
-    _, constraints = prepare_planning(module, cfg.sharding, cfg.optim, "cuda", ids_per_bag)
+    _, constraints = prepare_planning(module, cfg.sharding, cfg.optim, "cuda", ids_per_bag, 2)
     # The first-order table of a column reads the same bags as its field table.
     assert constraints["C21"].pooling_factors == constraints["wide_C21"].pooling_factors == [100.0]
     assert constraints["C1"].pooling_factors == [3.0]
