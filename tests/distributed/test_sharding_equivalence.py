@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torchrec.optim as trec_optim
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torch.nn.parallel import DistributedDataParallel
 from torchrec.datasets.utils import Batch
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -141,6 +142,8 @@ def check_sharded_equals_unsharded(
             }
             assert shard_counts == {2}, f"column_wise tables should have 2 shards:\n{plan_to_text(plan)}"
         where = f"[{sharding_type}, {embedding_optimizer}, rank {rank}]"
+        has_ddp = any(isinstance(module, DistributedDataParallel) for module in sharded.modules())
+        assert has_ddp == (world_size > 1), f"{where} DDP wraps the dense part only with ranks to average"
 
         initial_state = gather_full_state(sharded, rank)
         reference = CTRTrainModule(build_model(MODEL_CFG, TABLE_ROWS, sparse_device=torch.device("cpu")))
@@ -190,6 +193,13 @@ def test_sharded_model_matches_unsharded_reference(sharding_type: str) -> None:
         world_size=WORLD_SIZE,
         sharding_type=sharding_type,
         embedding_optimizer="sgd",
+    )
+
+
+@pytest.mark.parametrize("sharding_type", ["table_wise", "data_parallel"])
+def test_one_rank_model_without_ddp_matches_unsharded_reference(sharding_type: str) -> None:
+    run_ranks(
+        check_sharded_equals_unsharded, world_size=1, sharding_type=sharding_type, embedding_optimizer="sgd"
     )
 
 
