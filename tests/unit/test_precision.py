@@ -33,14 +33,20 @@ def test_bf16_runs_the_dense_part_in_bf16_and_keeps_tables_loss_and_logits_fp32(
 
         return hook
 
-    for name in ("dense_arch", "over_arch"):
+    for name in ("dense_arch", "inter_arch", "over_arch"):
         getattr(net, name).register_forward_hook(record(name))
     next(m for m in net.modules() if isinstance(m, EmbeddingBagCollection)).register_forward_hook(
         record("tables")
     )
     module = CTRTrainModule(net, autocast_dtype("bf16", "cpu"), "cpu")
     loss, (_, logits, _) = module(make_batch())
-    assert dtypes == {"dense_arch": torch.bfloat16, "over_arch": torch.bfloat16, "tables": torch.float32}
+    # The interaction's dot products stay fp32 (FlatTriuInteractionArch); the top MLP takes them in bf16.
+    assert dtypes == {
+        "dense_arch": torch.bfloat16,
+        "inter_arch": torch.float32,
+        "over_arch": torch.bfloat16,
+        "tables": torch.float32,
+    }
     assert logits.dtype == loss.dtype == torch.float32
     loss.backward()
     assert all(p.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in module.parameters())
