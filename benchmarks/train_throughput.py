@@ -4,9 +4,12 @@
               as a separate process from a scratch directory): random one-hot data generated in memory,
               SGD for tables and MLPs, fp32, all cores.
   dlrm-dist:  `dlrm-train` reading prepared Parquet shards (background reader, KeyedJaggedTensor,
-              TorchRec sharded tables with the fused SGD, DDP MLPs with SGD), on 1 rank (all cores as
-              intra-op threads) and on 2 ranks started by torchrun (gloo, 1 thread each); fp32, then
-              `--training.precision=bf16`, then `--training.compile=true`.
+              TorchRec sharded tables with the fused SGD, MLPs with SGD, DDP on 2 ranks), on 1 rank
+              (all cores as intra-op threads) and on 2 ranks started by torchrun (gloo, 1 thread
+              each). `--variants` (comma-separated) picks the rows: fp32; bf16
+              (`--training.precision=bf16`); fp32+table_wise (every table table_wise or
+              data_parallel: on 1 rank the default plan already is, on 2 ranks the planner would choose
+              table_row_wise); fp32+compile and bf16+compile (`--training.compile=true`).
   extra row:  `benchmarks/plain_dlrm.py`, a plain PyTorch DLRM over in-memory tensors with one dense
               Adagrad over every parameter (the former baseline, kept for comparison only).
 
