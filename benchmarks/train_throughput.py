@@ -10,7 +10,9 @@
               (`--training.precision=bf16`); fp32+table_wise (every table table_wise or
               data_parallel: on 1 rank the default plan already is, on 2 ranks the planner would choose
               table_row_wise); fp32+compile and bf16+compile (`--training.compile=true`).
-  extra row:  `benchmarks/plain_dlrm.py`, a plain PyTorch DLRM over in-memory tensors with one dense
+  extra rows: the reference with the glibc allocator thresholds that dlrm-train sets in-process
+              (`dlrm_dist/host_memory.py`, through GLIBC_TUNABLES), to show what they alone are worth;
+              `benchmarks/plain_dlrm.py`, a plain PyTorch DLRM over in-memory tensors with one dense
               Adagrad over every parameter (the former baseline, kept for comparison only).
 
 Shapes (the issue's): 26 tables of 100k rows x D 16, bottom MLP 13-512-256-64-16, top 367-512-256-1,
@@ -23,6 +25,7 @@ where one rank's step goes (data wait, embedding lookup and fused update, MLPs a
 optimizer), from a torch.profiler pass over the same steps.
 
     .venv/bin/python benchmarks/train_throughput.py [--steps 60] [--rounds 3] [--workdir /tmp/train-bench]
+        [--variants fp32,bf16] [--ranks 1,2]
 
 Needs scikit-learn (the reference imports it): `pip install -e .[bench]`.
 """
@@ -45,6 +48,8 @@ from pathlib import Path
 import torch
 from plain_dlrm import PlainSettings, build, load_split, table_sizes, train
 from torch.profiler import ProfilerActivity, profile
+
+from dlrm_dist.host_memory import MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -77,7 +82,17 @@ def prepare(work: Path, rows_per_day: int) -> Path:
     return prepared
 
 
-def reference(work: Path, steps: int) -> float:
+# dlrm-train raises glibc's mmap and trim thresholds in-process (dlrm_dist/host_memory.py); the extra
+# reference row gets the same thresholds through glibc's tunables, to show what that setting alone is worth.
+SAME_ALLOCATOR = {
+    "GLIBC_TUNABLES": f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD_BYTES}:"
+    f"glibc.malloc.trim_threshold={TRIM_THRESHOLD_BYTES}"
+}
+REFERENCE_ROW = "reference (facebookresearch/dlrm, fp32)"
+REFERENCE_SAME_ALLOCATOR_ROW = "extra: reference, fp32, with dlrm-train's allocator thresholds"
+
+
+def reference(work: Path, steps: int, env: dict[str, str] | None = None) -> float:
     """Samples/s of facebookresearch/dlrm on the same shapes, leaving out its first (warm-up) window."""
     scratch = work / "reference"
     scratch.mkdir(parents=True, exist_ok=True)
@@ -90,7 +105,9 @@ def reference(work: Path, steps: int) -> float:
         "--num-indices-per-lookup-fixed", "True", "--print-freq", str(window), "--print-time",
         "--loss-function", "bce", "--round-targets", "True", "--learning-rate", "0.1", "--nepochs", "1",
     ]  # fmt: skip
-    output = subprocess.run(command, check=True, capture_output=True, text=True, cwd=scratch).stdout
+    output = subprocess.run(
+        command, check=True, capture_output=True, text=True, cwd=scratch, env={**os.environ, **(env or {})}
+    ).stdout
     times = [float(match) for match in re.findall(r"([0-9.]+) ms/it", output)]
     if len(times) < 2:
         raise RuntimeError(f"no timing in the reference's output:\n{output[-2000:]}")
@@ -205,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--variants", default=",".join(VARIANTS), help=f"dlrm-train rows (default: {','.join(VARIANTS)})"
     )
+    parser.add_argument(
+        "--ranks", default="1,2", help="dlrm-train rank counts, comma-separated (default: 1,2)"
+    )
     parser.add_argument("--skip-breakdown", action="store_true", help="leave out the per-phase breakdown")
     args = parser.parse_args(argv)
     if importlib.util.find_spec("sklearn") is None:
@@ -218,25 +238,27 @@ def main(argv: list[str] | None = None) -> int:
     prepared = prepare(work, args.rows_per_day)
     cores = os.cpu_count() or 1
     variants = [name.strip() for name in args.variants.split(",")]
+    rank_counts = [int(count) for count in args.ranks.split(",")]
     print(
         f"criteo_kaggle shapes, batch {BATCH}, SGD, {args.steps} steps each, {args.rounds} rounds, {cores} cores"
     )
-    rows: dict[str, list[float]] = {"reference (facebookresearch/dlrm, fp32)": []}
+    rows: dict[str, list[float]] = {REFERENCE_ROW: [], REFERENCE_SAME_ALLOCATOR_ROW: []}
     for variant in variants:
-        for ranks in (1, 2):
+        for ranks in rank_counts:
             rows[f"dlrm-train, {ranks} rank{'s' if ranks > 1 else ''}, {variant}"] = []
     waits: dict[str, float] = {}
     for round_index in range(args.rounds):
-        rows["reference (facebookresearch/dlrm, fp32)"].append(reference(work, args.steps))
+        rows[REFERENCE_ROW].append(reference(work, args.steps))
+        rows[REFERENCE_SAME_ALLOCATOR_ROW].append(reference(work, args.steps, SAME_ALLOCATOR))
         for variant in variants:
-            for ranks in (1, 2):
+            for ranks in rank_counts:
                 label = f"dlrm-train, {ranks} rank{'s' if ranks > 1 else ''}, {variant}"
                 stats = dlrm_train(prepared, work / f"run-{ranks}", ranks, args.steps, VARIANTS[variant])
                 rows[label].append(stats["steady_samples_per_sec"])
                 waits[label] = stats["data_wait_fraction"]
         print(f"round {round_index + 1}: " + ", ".join(f"{v[-1]:,.0f}" for v in rows.values()), flush=True)
     plain = plain_baseline(prepared, args.steps)["samples_per_sec"]
-    anchor = statistics.median(rows["reference (facebookresearch/dlrm, fp32)"])
+    anchor = statistics.median(rows[REFERENCE_ROW])
     print("\n| trainer | samples/s (median) | per round | vs reference | data wait |")
     print("|---|---|---|---|---|")
     for label, values in rows.items():
@@ -250,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         if variant not in variants:
             continue
         best = max(
-            statistics.median(rows[f"dlrm-train, {r} rank{'s' if r > 1 else ''}, {variant}"]) for r in (1, 2)
+            statistics.median(rows[f"dlrm-train, {r} rank{'s' if r > 1 else ''}, {variant}"])
+            for r in rank_counts
         )
         verdict = "PASS" if best / anchor >= target else "FAIL"
         print(

@@ -229,6 +229,10 @@ class TrainingConfig:
     compile: bool = False
     """Compile the dense sub-networks (every part of the model without embedding tables) with
     torch.compile; a part that cannot be compiled runs eagerly, with one warning line."""
+    keep_freed_memory: bool = True
+    """On cpu, keep freed host memory in the process for the next step instead of returning it to the
+    kernel and faulting it in again (glibc's mmap and trim thresholds, see dlrm_dist.host_memory);
+    about 10% of a CPU step. The process then keeps its peak heap size."""
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "training.epochs", f"must be >= 1, got {self.epochs}")

@@ -35,6 +35,7 @@ from dlrm_dist.data import (
 )
 from dlrm_dist.distributed import DistContext, peak_memory_by_rank
 from dlrm_dist.evaluation import evaluate
+from dlrm_dist.host_memory import keep_freed_memory
 from dlrm_dist.models import build_model, parameter_counts
 from dlrm_dist.models.tables import default_feature_names
 from dlrm_dist.models.train_module import CTRTrainModule
@@ -154,6 +155,11 @@ class Trainer:
         self.ctx = ctx
         self.run_dir = Path(cfg.run_dir)
         self.is_writer = ctx.rank == 0
+        # Before the model and the batches exist: every step's activations then reuse the same heap
+        # blocks instead of faulting in fresh pages (about 10% of a CPU step; dlrm_dist.host_memory).
+        self.keeps_freed_memory = (
+            ctx.device.type == "cpu" and cfg.training.keep_freed_memory and keep_freed_memory()
+        )
         self.log: Callable[[str], None] = (
             (lambda message: tqdm.write(message)) if self.is_writer else (lambda _: None)
         )
@@ -465,6 +471,8 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "precision": self.cfg.training.precision,
             "compiled": self.compiled,
+            # Whether glibc was told to keep freed host memory (training.keep_freed_memory, cpu only).
+            "keeps_freed_memory": self.keeps_freed_memory,
             # The peak rates used (after `optim.reference_batch_size` scaling), beside the recipe's.
             "learning_rates": {
                 "lr": self.optim.lr,
