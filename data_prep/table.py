@@ -16,8 +16,10 @@ line on its own from a seeded hash of (file index, line number) (`data_prep.tabl
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -109,8 +111,11 @@ def discover_files(paths: list[str]) -> list[InputFile]:
 
 
 def _header_of(input_file: InputFile, delimiter: str, quoting: bool) -> tuple[str, ...]:
-    with open(input_file.path, "rb") as handle:
-        line = handle.readline()
+    try:
+        with (gzip.open if input_file.is_gzip else open)(input_file.path, "rb") as handle:
+            line = handle.readline()
+    except (OSError, EOFError, zlib.error) as error:
+        raise InputError(f"{input_file.name}: cannot read its header line: {error}") from None
     if not line.strip(b"\r\n"):
         raise InputError(f"{input_file.name}: --header given but the first line is empty")
     text = line.rstrip(b"\n").removesuffix(b"\r").decode("utf-8", errors="replace")
@@ -129,6 +134,11 @@ def resolve_spec(options: TableOptions, input_files: list[InputFile]) -> TableSp
     """The spec with the file's columns filled in; names that do not exist fail here, in one line."""
     spec = options.spec
     if spec.format == "parquet":
+        for input_file in input_files:
+            if input_file.is_gzip:
+                raise InputError(
+                    f"{input_file.name}: --format parquet reads .parquet files (compressed inside), not .gz"
+                )
         per_file = [_parquet_columns(f) for f in input_files]
         for input_file, columns in zip(input_files, per_file, strict=True):
             missing = [name for name in spec.needed if name not in columns]
@@ -157,9 +167,13 @@ def resolve_spec(options: TableOptions, input_files: list[InputFile]) -> TableSp
     return TableSpec(**{**asdict(spec), "columns": tuple(columns), "multi_hot": spec.multi_hot})
 
 
-def _num_chunks(input_file: InputFile, options: TableOptions) -> int:
+def _num_chunks(input_file: InputFile, file_index: int, options: TableOptions, chunk_dir: Path) -> int:
+    """Chunks of a parsed file. A .gz file's count is known once it is parsed (a stream cannot be cut
+    by byte offset): its parse task records it in `fNNNNN.done.json`."""
     if options.spec.format == "parquet":
         return pq.ParquetFile(input_file.path).metadata.num_row_groups
+    if input_file.is_gzip:
+        return table_tasks.gzip_chunks_parsed(chunk_dir, file_index)
     return count_plain_chunks(input_file, options.chunk_bytes)
 
 
@@ -169,15 +183,21 @@ def _parse_phase(
     chunk_dir = work / "chunks"
     calls = []
     for file_index, input_file in enumerate(files):
-        for chunk_index in range(_num_chunks(input_file, options)):
+        common = {
+            "input_file": input_file,
+            "file_index": file_index,
+            "chunk_dir": str(chunk_dir),
+            "spec": spec,
+        }
+        if input_file.is_gzip:
+            # One task reads the whole stream; it skips the chunks an interrupted run left complete.
+            if table_tasks.gzip_chunks_parsed(chunk_dir, file_index) is None:
+                call = {**common, "chunk_bytes": options.chunk_bytes, "header": options.header}
+                calls.append((table_tasks.parse_gzip_text_file, call))
+            continue
+        for chunk_index in range(_num_chunks(input_file, file_index, options, chunk_dir)):
             if (chunk_dir / f"{chunk_name(file_index, chunk_index)}.json").exists():
                 continue
-            common = {
-                "input_file": input_file,
-                "file_index": file_index,
-                "chunk_dir": str(chunk_dir),
-                "spec": spec,
-            }
             if spec.format == "parquet":
                 calls.append((table_tasks.parse_parquet_group, {**common, "group": chunk_index}))
             else:
@@ -200,7 +220,7 @@ def _plan(options: TableOptions, files: list[InputFile], work: Path) -> dict[str
     header_lines = 1 if options.header and options.spec.format != "parquet" else 0
     for file_index, input_file in enumerate(files):
         first_line = header_lines
-        for chunk_index in range(_num_chunks(input_file, options)):
+        for chunk_index in range(_num_chunks(input_file, file_index, options, chunk_dir)):
             name = chunk_name(file_index, chunk_index)
             meta = json.loads((chunk_dir / f"{name}.json").read_text())
             for reason, count in meta["bad_counts"].items():

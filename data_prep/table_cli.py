@@ -34,7 +34,8 @@ def _names(text: str | None, flag: str) -> tuple[str, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                        help="input files or directories (a directory: its files, sorted by name), in order")  # fmt: skip
+                        help="input files or directories (a directory: its files, sorted by name), in order; "
+                             "csv/tsv files named *.gz are read through gzip")  # fmt: skip
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output directory; a re-run with the same arguments resumes or returns at once")  # fmt: skip
     parser.add_argument("--format", choices=FORMATS, required=True, help="input format")

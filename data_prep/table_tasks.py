@@ -12,6 +12,7 @@ A piece of a split is `(chunk path, start, stop, split_code, file_index, first_l
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_prep import encode
-from data_prep.inputs import InputFile, read_plain_chunk
+from data_prep.inputs import InputFile, iter_gzip_chunks, read_plain_chunk
 from data_prep.parse import BadRowError
 from data_prep.table_hash import random_split_codes
 from data_prep.table_parse import ParsedTable, TableSpec, parse_batch, parse_text
@@ -76,6 +77,50 @@ def parse_text_chunk(
     return _save(
         parsed, Path(chunk_dir), chunk_name(file_index, chunk_index), input_file.name, first_line, on_bad_row
     )
+
+
+def gzip_chunks_parsed(chunk_dir: Path, file_index: int) -> int | None:
+    """The number of chunks of .gz input `file_index`, or None while its parse has not finished."""
+    done = Path(chunk_dir) / f"f{file_index:05d}.done.json"
+    return json.loads(done.read_text())["num_chunks"] if done.exists() else None
+
+
+def parse_gzip_text_file(
+    input_file: InputFile,
+    file_index: int,
+    chunk_bytes: int,
+    chunk_dir: str,
+    spec: TableSpec,
+    header: bool,
+    on_bad_row: str,
+) -> dict[str, Any]:
+    """Parses a whole .gz CSV/TSV file, chunk after chunk of about `chunk_bytes` uncompressed bytes
+    ending at a newline (the header line left out); chunks already on disk are read past."""
+    directory = Path(chunk_dir)
+    rows = lines = 0
+    chunk_index = -1
+    # Lines of the file before the current chunk: the header, then every chunk's lines.
+    first_line = 0
+    for chunk_index, (data, _) in enumerate(iter_gzip_chunks(input_file, chunk_bytes)):
+        if header and chunk_index == 0:
+            cut = data.find(b"\n") + 1
+            data, first_line = (data[cut:] if cut else b""), 1
+        name = chunk_name(file_index, chunk_index)
+        meta_path = directory / f"{name}.json"
+        if meta_path.exists():
+            meta = json.loads(meta_path.read_text())
+            result = {"rows": meta["rows"], "lines": meta["num_lines"]}
+        else:
+            result = _save(parse_text(data, spec), directory, name, input_file.name, first_line, on_bad_row)
+        rows += result["rows"]
+        lines += result["lines"]
+        first_line += result["lines"]
+    if chunk_index < 0:
+        # An empty stream still gets a chunk, as an empty plain file does: the plan reads one per file.
+        _save(parse_text(b"", spec), directory, chunk_name(file_index, 0), input_file.name, 0, on_bad_row)
+        chunk_index = 0
+    write_json_atomic(directory / f"f{file_index:05d}.done.json", {"num_chunks": chunk_index + 1})
+    return {"rows": rows, "lines": lines}
 
 
 def parse_parquet_group(

@@ -62,8 +62,8 @@ def _field_text(value: str, fmt: str, delimiter: str, rng: random.Random) -> str
 
 
 @st.composite
-def table_case(draw, wide: bool = False) -> dict:
-    fmt = draw(st.sampled_from(["csv", "tsv", "parquet"]))
+def table_case(draw, wide: bool = False, formats: tuple[str, ...] = ("csv", "tsv", "parquet")) -> dict:
+    fmt = draw(st.sampled_from(formats))
     num_dense = draw(st.integers(0, 3))
     num_categorical = 100 if wide else draw(st.integers(1, 3))
     multi_hot_count = 0 if wide else draw(st.integers(0, num_categorical))

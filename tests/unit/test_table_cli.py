@@ -1,8 +1,9 @@
 """`dlrm-prep table` through its command line: user errors, --on-bad-row error, resume, stable hashes,
-typed Parquet input."""
+typed Parquet input, gzipped text input."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 from pathlib import Path
@@ -12,8 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from data_prep import table_tasks
 from data_prep.cli import main
+from data_prep.inputs import InputFile
 from data_prep.table_hash import hash_values
+from data_prep.table_parse import TableSpec
+from data_prep.tasks import chunk_name
 from tests import reference_table as reference
 
 CSV = 'clicked,price,city,tags\n1,2.5,"Paris, FR",a|b\n0,,Köln,\r\n1,x,Oslo,c\n0,3,Oslo,a\n'
@@ -122,3 +127,58 @@ def test_help_of_every_command_prints(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "--out" in capsys.readouterr().out
+
+
+def test_gzipped_input_gives_the_plain_files_shards(tmp_path):
+    _, plain_out = _table(tmp_path)
+    source = tmp_path / "in.csv.gz"
+    source.write_bytes(gzip.compress(CSV.encode(), mtime=0))
+    out = tmp_path / "out-gz"
+    argv = ["table", "--input", str(source), "--out", str(out), "--format", "csv", "--header", "--label", "clicked",
+            "--dense", "price", "--categorical", "city", "--multi-hot", "tags:|", "--hash-buckets", "1000",
+            "--workers", "1", "--no-progress", "--rows-per-shard", "1"]  # fmt: skip
+    assert main(argv) == 0
+    shards = sorted(path.relative_to(plain_out) for path in plain_out.glob("*/*.parquet"))
+    assert shards == sorted(path.relative_to(out) for path in out.glob("*/*.parquet")) and shards
+    for shard in shards:
+        assert (plain_out / shard).read_bytes() == (out / shard).read_bytes(), shard
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rows_read"] == 4 and manifest["bad_rows"]["examples"][0]["where"] == "in.csv.gz:4"
+
+
+def test_gzip_parse_resumes_past_the_chunks_it_finished(tmp_path):
+    lines = [f"{index % 2},{index}.5,city{index % 7}" for index in range(400)]
+    source = tmp_path / "big.csv.gz"
+    source.write_bytes(gzip.compress(("y,x,c\n" + "\n".join(lines) + "\n").encode(), mtime=0))
+    input_file = InputFile(path=str(source), bytes=source.stat().st_size)
+    spec = TableSpec(format="csv", columns=("y", "x", "c"), label="y", categorical=("c",), dense=("x",))
+    chunk_dir = tmp_path / "chunks"
+    chunk_dir.mkdir()
+
+    def parse() -> dict:
+        return table_tasks.parse_gzip_text_file(input_file, 0, 1000, str(chunk_dir), spec, True, "skip")
+
+    assert parse() == {"rows": 400, "lines": 400}
+    num_chunks = table_tasks.gzip_chunks_parsed(chunk_dir, 0)
+    assert num_chunks is not None and num_chunks > 3
+    first = {path.name: path.read_bytes() for path in chunk_dir.iterdir()}
+    kept = chunk_dir / f"{chunk_name(0, 0)}.arrow"
+    kept_mtime = kept.stat().st_mtime_ns
+    # As if killed while parsing the last chunk: no done marker, the last chunk missing.
+    (chunk_dir / "f00000.done.json").unlink()
+    for suffix in (".arrow", ".json"):
+        (chunk_dir / f"{chunk_name(0, num_chunks - 1)}{suffix}").unlink()
+    assert table_tasks.gzip_chunks_parsed(chunk_dir, 0) is None
+    assert parse() == {"rows": 400, "lines": 400}
+    assert {path.name: path.read_bytes() for path in chunk_dir.iterdir()} == first
+    assert kept.stat().st_mtime_ns == kept_mtime  # read past, not parsed again
+
+
+def test_gzipped_parquet_is_refused_in_one_line(tmp_path, capsys):
+    source = tmp_path / "t.parquet.gz"
+    source.write_bytes(gzip.compress(b"PAR1"))
+    argv = ["table", "--input", str(source), "--out", str(tmp_path / "o"), "--format", "parquet", "--label", "y",
+            "--categorical", "c", "--hash-buckets", "10", "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    message = capsys.readouterr().err.strip()
+    assert "t.parquet.gz" in message and "not .gz" in message and message.count("\n") == 0
