@@ -60,7 +60,15 @@ RECIPE = {
     "optim.warmup_steps": 100,
 }
 # The numeric axes the edge check looks along; each is conditional on the optimizer it belongs to.
-AXES = ("optim.embedding_lr", "optim.lr", "training.batch_size", "optim.warmup_steps")
+# A point without optim.warmup_fraction has none (0): the recipe's keys, and so the cache's, stay as they were.
+AXES = (
+    "optim.embedding_lr",
+    "optim.lr",
+    "training.batch_size",
+    "optim.warmup_steps",
+    "optim.warmup_fraction",
+)
+DEFAULTS = {"optim.warmup_fraction": 0.0}
 
 
 def _point(embedding: tuple[str, float], dense: tuple[str, float], **rest: object) -> dict[str, object]:
@@ -87,14 +95,20 @@ def _full_grid() -> list[dict[str, object]]:
 def _quick_grid() -> list[dict[str, object]]:
     # Warmup is crossed with the rates: at --quick's sizes an epoch is 7 to 78 steps, so the recipe's 100
     # warmup steps never reach the full rate, and rates compared under warmup alone would mislead.
-    crossed = [
-        _point(("adagrad", embedding_lr), dense, optim__warmup_steps=warmup)
-        for warmup in (100, 0)
+    # Warmup as a share of the run (optim.warmup_fraction) keeps one meaning across those sizes.
+    rates = [
+        (("adagrad", embedding_lr), dense)
         for embedding_lr in (0.02, 0.05, 0.1)
         for dense in (("adam", 0.004), ("adagrad", 0.01))
     ]
+    crossed = [_point(*rate, optim__warmup_steps=warmup) for warmup in (100, 0) for rate in rates]
+    shares = [
+        _point(*rate, optim__warmup_steps=0, optim__warmup_fraction=share)
+        for share in (0.1, 0.3)
+        for rate in rates
+    ]
     recipe = (("adagrad", 0.02), ("adam", 0.004))
-    return [*crossed, _point(*recipe, training__batch_size=2048)]
+    return [*crossed, _point(*recipe, training__batch_size=2048), *shares]
 
 
 GRIDS: dict[str, Callable[[], list[dict[str, object]]]] = {"full": _full_grid, "quick": _quick_grid}
@@ -202,8 +216,10 @@ QUICK_DATASETS = (
 
 
 def _describe(point: dict[str, object]) -> str:
+    share = point.get("optim.warmup_fraction", 0.0)
+    warmup = f"{share:.0%}" if share else point["optim.warmup_steps"]
     return (f"{point['optim.embedding_optimizer']} {point['optim.embedding_lr']} / {point['optim.dense_optimizer']} "
-            f"{point['optim.lr']} / b{point['training.batch_size']} w{point['optim.warmup_steps']}")  # fmt: skip
+            f"{point['optim.lr']} / b{point['training.batch_size']} w{warmup}")  # fmt: skip
 
 
 class Sweep:
@@ -245,6 +261,8 @@ def edge_warnings(grid: list[dict[str, object]], winner: dict[str, object]) -> l
     """For each numeric axis, the grid points that differ from `winner` only there form its line through
     the winner; a winner at either end of its line may have a better value outside the grid."""
     warnings = []
+    grid = [{**DEFAULTS, **point} for point in grid]
+    winner = {**DEFAULTS, **winner}
     for axis in AXES:
         line = [point[axis] for point in grid if all(point[k] == winner[k] for k in point if k != axis)]
         if len(line) < 2:

@@ -177,6 +177,10 @@ class OptimConfig:
     """Weight decay of the dense parameters."""
     warmup_steps: int = 0
     """Steps of linear warmup from 0 to the peak learning rates."""
+    warmup_fraction: float = 0.0
+    """Linear warmup over this share of the run's optimizer steps (0 to < 1) instead of a fixed count:
+    a warmup that keeps its meaning whatever the data set's size (100 steps are most of an epoch on a
+    small data set and nothing on Criteo). Give this or warmup_steps, not both."""
     decay: str = "none"
     """Learning-rate decay after warmup: none, linear (to 0 at the last step) or cosine."""
     grad_clip: float = 0.0
@@ -197,6 +201,16 @@ class OptimConfig:
         _require(self.eps > 0, "optim.eps", f"must be > 0, got {self.eps}")
         _require(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _require(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _require(
+            0 <= self.warmup_fraction < 1,
+            "optim.warmup_fraction",
+            f"must be in [0, 1), got {self.warmup_fraction}",
+        )
+        _require(
+            not (self.warmup_steps and self.warmup_fraction),
+            "optim.warmup_fraction",
+            f"give it or optim.warmup_steps, not both (warmup_steps = {self.warmup_steps})",
+        )
         _require_choice(self.decay, "optim.decay", LR_DECAYS)
         _require(self.grad_clip >= 0, "optim.grad_clip", f"must be >= 0, got {self.grad_clip}")
         _require(

@@ -104,9 +104,13 @@ def lr_factor(step: int, warmup_steps: int, decay: str, total_steps: int) -> flo
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def warmup_steps_of(optim_cfg: OptimConfig, total_steps: int) -> int:
+    """The warmup's length in steps: `warmup_steps`, or `warmup_fraction` of the run's `total_steps`."""
+    return optim_cfg.warmup_steps or round(optim_cfg.warmup_fraction * total_steps)
+
+
 def build_lr_scheduler(
     optimizer: torch.optim.Optimizer, optim_cfg: OptimConfig, total_steps: int
 ) -> LambdaLR:
-    return LambdaLR(
-        optimizer, lambda step: lr_factor(step, optim_cfg.warmup_steps, optim_cfg.decay, total_steps)
-    )
+    warmup_steps = warmup_steps_of(optim_cfg, total_steps)
+    return LambdaLR(optimizer, lambda step: lr_factor(step, warmup_steps, optim_cfg.decay, total_steps))

@@ -40,7 +40,7 @@ from dlrm_dist.models import build_model, parameter_counts
 from dlrm_dist.models.tables import default_feature_names
 from dlrm_dist.models.train_module import CTRTrainModule
 from dlrm_dist.monitor import build_monitor
-from dlrm_dist.optim import build_lr_scheduler, build_optimizer, scaled_learning_rates
+from dlrm_dist.optim import build_lr_scheduler, build_optimizer, scaled_learning_rates, warmup_steps_of
 from dlrm_dist.precision import autocast_dtype, compile_dense_parts
 from dlrm_dist.sharding import embedding_bytes_per_rank, plan_to_text, shard_model, sharding_types
 
@@ -479,6 +479,7 @@ class Trainer:
                 "embedding_lr": self.optim.embedding_lr,
                 "stated_lr": self.cfg.optim.lr,
                 "stated_embedding_lr": self.cfg.optim.embedding_lr,
+                "warmup_steps": warmup_steps_of(self.optim, self.total_steps),
             },
             "model": {
                 "name": self.cfg.model.name,
