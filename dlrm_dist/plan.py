@@ -38,14 +38,8 @@ from data_prep.manifest import load_manifest
 from dlrm_dist.config import JobConfig, build_arg_parser, load_config
 from dlrm_dist.models import build_model
 from dlrm_dist.models.train_module import CTRTrainModule
-from dlrm_dist.sharding import (
-    PLANNER_HBM_RESERVE,
-    ClusterShape,
-    build_planner,
-    build_topology,
-    plan_to_text,
-    prepare_planning,
-)
+from dlrm_dist.planning import PLANNER_HBM_RESERVE, ClusterShape, build_planner, build_topology
+from dlrm_dist.sharding import plan_to_text, prepare_planning
 from dlrm_dist.trainer import data_features, planner_ids_per_bag
 
 DESCRIPTION = (

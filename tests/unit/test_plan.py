@@ -14,7 +14,8 @@ from dlrm_dist.config import EvalConfig, ModelConfig, load_config
 from dlrm_dist.models import build_model
 from dlrm_dist.models.train_module import CTRTrainModule
 from dlrm_dist.plan import main, plan_cluster
-from dlrm_dist.sharding import ClusterShape, prepare_planning
+from dlrm_dist.planning import ClusterShape
+from dlrm_dist.sharding import prepare_planning
 from dlrm_dist.trainer import data_features, eval_interval, planner_ids_per_bag
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
