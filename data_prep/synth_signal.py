@@ -3,7 +3,7 @@
 A recipe chosen on one synthetic data set overfits it (issue 10): which optimizer and rate win depends on
 whether the signal sits in many rare values (the embedding rate decides), in crosses of two columns (the
 interaction and the MLPs decide) or in the integers (the dense rate decides), and on how strong it is.
-`SignalKnobs` moves each of those on its own; `data_prep.synth` applies them. At the defaults every
+`SignalKnobs` moves each of those on its own; `data_prep.synth_model` applies them. At the defaults every
 factor is 1.0 and the exponent is `DEFAULT_ZIPF_EXPONENT`, so `generate` writes exactly the bytes it
 wrote before the knobs existed (tested against stored hashes).
 
