@@ -60,7 +60,8 @@ RECIPE = {
     "optim.warmup_steps": 100,
 }
 # The numeric axes the edge check looks along; each is conditional on the optimizer it belongs to.
-# A point without optim.warmup_fraction has none (0): the recipe's keys, and so the cache's, stay as they were.
+# A point without optim.warmup_fraction has none (0): passed to every run (so that the recipe file's own
+# warmup does not leak in), left out of the cache keys (so that those of earlier points stay as they were).
 AXES = (
     "optim.embedding_lr",
     "optim.lr",
@@ -104,7 +105,7 @@ def _quick_grid() -> list[dict[str, object]]:
     crossed = [_point(*rate, optim__warmup_steps=warmup) for warmup in (100, 0) for rate in rates]
     shares = [
         _point(*rate, optim__warmup_steps=0, optim__warmup_fraction=share)
-        for share in (0.1, 0.3)
+        for share in (0.1, 0.3, 0.6)
         for rate in rates
     ]
     recipe = (("adagrad", 0.02), ("adam", 0.004))
@@ -245,7 +246,7 @@ class Sweep:
                        "--config", str(REPO_ROOT / "configs/criteo_kaggle.toml"), "--data", str(prepared),
                        "--run-dir", str(run_dir), "--training.device=cpu", "--metrics.progress_bar=false",
                        "--checkpoint.enabled=false", "--eval.every_steps=0",
-                       *(f"--{name}={value}" for name, value in point.items())]  # fmt: skip
+                       *(f"--{name}={value}" for name, value in {**DEFAULTS, **point}.items())]  # fmt: skip
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(f"{key} failed:\n{result.stderr[-3000:]}")

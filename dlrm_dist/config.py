@@ -178,9 +178,10 @@ class OptimConfig:
     warmup_steps: int = 0
     """Steps of linear warmup from 0 to the peak learning rates."""
     warmup_fraction: float = 0.0
-    """Linear warmup over this share of the run's optimizer steps (0 to < 1) instead of a fixed count:
-    a warmup that keeps its meaning whatever the data set's size (100 steps are most of an epoch on a
-    small data set and nothing on Criteo). Give this or warmup_steps, not both."""
+    """Linear warmup over this share of the run's planned optimizer steps (training.epochs of the train
+    split; a training.max_steps cut does not shorten it), 0 to < 1, instead of a fixed count: a warmup
+    that keeps its meaning whatever the data set's size (100 steps are most of an epoch on a small data
+    set and nothing on Criteo). Give this or warmup_steps, not both."""
     decay: str = "none"
     """Learning-rate decay after warmup: none, linear (to 0 at the last step) or cosine."""
     grad_clip: float = 0.0

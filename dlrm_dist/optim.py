@@ -104,13 +104,22 @@ def lr_factor(step: int, warmup_steps: int, decay: str, total_steps: int) -> flo
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def warmup_steps_of(optim_cfg: OptimConfig, total_steps: int) -> int:
-    """The warmup's length in steps: `warmup_steps`, or `warmup_fraction` of the run's `total_steps`."""
-    return optim_cfg.warmup_steps or round(optim_cfg.warmup_fraction * total_steps)
+def warmup_steps_of(optim_cfg: OptimConfig, planned_steps: int) -> int:
+    """The warmup's length in steps: `warmup_steps`, or `warmup_fraction` of the `planned_steps`."""
+    return optim_cfg.warmup_steps or round(optim_cfg.warmup_fraction * planned_steps)
 
 
 def build_lr_scheduler(
-    optimizer: torch.optim.Optimizer, optim_cfg: OptimConfig, total_steps: int
+    optimizer: torch.optim.Optimizer,
+    optim_cfg: OptimConfig,
+    total_steps: int,
+    warmup_steps: int | None = None,
 ) -> LambdaLR:
-    warmup_steps = warmup_steps_of(optim_cfg, total_steps)
-    return LambdaLR(optimizer, lambda step: lr_factor(step, warmup_steps, optim_cfg.decay, total_steps))
+    """Warmup, then the decay, over `total_steps`.
+
+    Args:
+        warmup_steps: the warmup's length; by default `warmup_steps_of(optim_cfg, total_steps)`. The
+            trainer passes the share of its planned epochs, which a `training.max_steps` cut leaves alone.
+    """
+    warmup = warmup_steps_of(optim_cfg, total_steps) if warmup_steps is None else warmup_steps
+    return LambdaLR(optimizer, lambda step: lr_factor(step, warmup, optim_cfg.decay, total_steps))

@@ -194,6 +194,9 @@ class Trainer:
             planned += self.start_epoch_steps - self.start.batches_into_epoch
             planned += (cfg.training.epochs - self.start.epoch - 1) * self.steps_per_epoch
         self.total_steps = min(planned, cfg.training.max_steps) if cfg.training.max_steps else planned
+        # optim.warmup_fraction is a share of the planned epochs, not of a max_steps cut: a run cut
+        # short (dlrm-tune's rungs, resumed step after step) warms up as the whole run would.
+        self.warmup_steps = warmup_steps_of(cfg.optim, planned)
 
         self.features = data_features(manifest, cfg.model, cfg.data.path)
         torch.manual_seed(cfg.training.seed)
@@ -214,7 +217,7 @@ class Trainer:
             trained_types,
         )
         self.optimizer = build_optimizer(self.model, self.optim)
-        self.scheduler = build_lr_scheduler(self.optimizer, self.optim, self.total_steps)
+        self.scheduler = build_lr_scheduler(self.optimizer, self.optim, self.total_steps, self.warmup_steps)
         # Built in `run`, after the resume is accepted: a SummaryWriter creates tb/ as it starts.
         self.monitor = build_monitor(self.run_dir, False, False)
         self.pipeline = (
@@ -479,7 +482,7 @@ class Trainer:
                 "embedding_lr": self.optim.embedding_lr,
                 "stated_lr": self.cfg.optim.lr,
                 "stated_embedding_lr": self.cfg.optim.embedding_lr,
-                "warmup_steps": warmup_steps_of(self.optim, self.total_steps),
+                "warmup_steps": self.warmup_steps,
             },
             "model": {
                 "name": self.cfg.model.name,

@@ -73,10 +73,20 @@ def trainer_command(
             *(["--config", config] if config else []), *overrides]  # fmt: skip
 
 
-def search_space(base: JobConfig, device_type: str) -> dict[str, Any]:
+def recipe_warmup_fraction(base: JobConfig, train_rows: int, world_size: int) -> float:
+    """The recipe's warmup as a share of one epoch (a trial's run): its `warmup_fraction`, or its
+    `warmup_steps` over the epoch's steps at its batch size (below 1, the largest share allowed)."""
+    if base.optim.warmup_fraction or not base.optim.warmup_steps:
+        return base.optim.warmup_fraction
+    epoch = max(1, steps_per_epoch(train_rows, base.training.batch_size, world_size))
+    return min(0.99, base.optim.warmup_steps / epoch)
+
+
+def search_space(base: JobConfig, device_type: str, recipe_warmup: float) -> dict[str, Any]:
     """What is searched, around the recipe: optimizers and rates, batch size, warmup.
 
-    The ranges hold the recipe's own values, so that the recipe is a point of the space (trial 0).
+    The ranges hold the recipe's own values (`recipe_warmup`: its warmup as a share of the epoch), so
+    that the recipe is a point of the space (trial 0).
     """
     batch = base.training.batch_size
     embedding_optimizers = ["rowwise_adagrad", "adagrad"] + (["adam"] if device_type == "cuda" else [])
@@ -94,7 +104,8 @@ def search_space(base: JobConfig, device_type: str) -> dict[str, Any]:
             "adam": around(1e-4, 1e-2, optim.lr) if optim.dense_optimizer == "adam" else (1e-4, 1e-2),
         },
         "batch_size": sorted({max(64, batch // 4), max(64, batch // 2), batch, batch * 2}),
-        "warmup_steps": sorted({0, 100, 500, optim.warmup_steps}),
+        # A share of the epoch, which each rung trains a prefix of (see optim.warmup_fraction).
+        "warmup_fraction": sorted({0.0, 0.1, 0.3, 0.6, recipe_warmup}),
     }
 
 
@@ -108,7 +119,7 @@ def sample(trial: Any, space: dict[str, Any]) -> dict[str, Any]:
         "dense_optimizer": dense,
         "lr": trial.suggest_float(f"lr_{dense}", low, high, log=True),
         "batch_size": trial.suggest_categorical("batch_size", space["batch_size"]),
-        "warmup_steps": trial.suggest_categorical("warmup_steps", space["warmup_steps"]),
+        "warmup_fraction": trial.suggest_categorical("warmup_fraction", space["warmup_fraction"]),
     }
 
 
@@ -119,7 +130,8 @@ def params_overrides(params: dict[str, Any]) -> list[str]:
         f"--optim.dense_optimizer={params['dense_optimizer']}",
         f"--optim.lr={params['lr']:.6g}",
         f"--training.batch_size={params['batch_size']}",
-        f"--optim.warmup_steps={params['warmup_steps']}",
+        "--optim.warmup_steps=0",
+        f"--optim.warmup_fraction={params['warmup_fraction']:.6g}",
     ]
 
 
@@ -223,12 +235,13 @@ class Search:
             pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=REDUCTION_FACTOR),
         )
         device_type = "cuda" if self.base.training.device == "cuda" else "cpu"
-        space = search_space(self.base, device_type)
+        recipe_warmup = recipe_warmup_fraction(self.base, self.train_rows, self.args.nproc_per_node)
+        space = search_space(self.base, device_type, recipe_warmup)
         # The recipe itself is the first trial, so that the search can only improve on it.
         recipe = {
             "embedding_optimizer": self.base.optim.embedding_optimizer, "embedding_lr": self.base.optim.embedding_lr,
             "dense_optimizer": self.base.optim.dense_optimizer, "lr": self.base.optim.lr,
-            "batch_size": self.base.training.batch_size, "warmup_steps": self.base.optim.warmup_steps,
+            "batch_size": self.base.training.batch_size, "warmup_fraction": recipe_warmup,
         }  # fmt: skip
         if (
             recipe["embedding_optimizer"] in space["embedding_optimizer"]
@@ -283,7 +296,7 @@ class Search:
 
 def format_params(params: dict[str, Any]) -> str:
     return (f"emb {params['embedding_optimizer']} {params['embedding_lr']:.3g}, dense {params['dense_optimizer']} "
-            f"{params['lr']:.3g}, batch {params['batch_size']}, warmup {params['warmup_steps']}")  # fmt: skip
+            f"{params['lr']:.3g}, batch {params['batch_size']}, warmup {params['warmup_fraction']:.0%}")  # fmt: skip
 
 
 def trials_table(records: list[TrialRecord]) -> str:
@@ -293,7 +306,7 @@ def trials_table(records: list[TrialRecord]) -> str:
         p = r.params
         aucs = " / ".join(f"{auc:.4f}" for auc in r.rung_aucs) or "-"
         lines.append(f"| {r.number} | {p['embedding_optimizer']} | {p['embedding_lr']:.3g} | {p['dense_optimizer']} | "
-                     f"{p['lr']:.3g} | {p['batch_size']} | {p['warmup_steps']} | {aucs} | {r.state} |")  # fmt: skip
+                     f"{p['lr']:.3g} | {p['batch_size']} | {p['warmup_fraction']:.0%} | {aucs} | {r.state} |")  # fmt: skip
     return "\n".join(lines)
 
 

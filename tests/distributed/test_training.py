@@ -207,6 +207,30 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_run(prepared_sample, tm
         assert torch.equal(final_got[key], tensor), key
 
 
+@pytest.mark.slow
+def test_warmup_fraction_is_a_share_of_the_planned_run_so_rungs_resume_onto_it(prepared_sample, tmp_path):
+    """dlrm-tune trains a trial in rungs (max_steps 8, then resumed to 16): the same steps as one run to 16."""
+    warmup = ("--optim.warmup_fraction=0.9", "--checkpoint.keep=1")
+    whole = tmp_path / "whole"
+    subprocess.run(_torchrun(prepared_sample, whole, *warmup, "--training.max_steps=16"), check=True,
+                   capture_output=True)  # fmt: skip
+    rungs = tmp_path / "rungs"
+    for max_steps in (8, 16):
+        subprocess.run(_torchrun(prepared_sample, rungs, *warmup, f"--training.max_steps={max_steps}",
+                                 "--checkpoint.resume=auto"), check=True, capture_output=True)  # fmt: skip
+    metrics = json.loads((whole / "metrics.json").read_text())
+    train_rows = json.loads((prepared_sample / "manifest.json").read_text())["splits"]["train"]["rows"]
+    # 0.9 of the epoch's steps (2 ranks x 128), not of the 8 or 16 the runs were cut to: both rungs
+    # are inside the one warmup.
+    assert metrics["learning_rates"]["warmup_steps"] == round(0.9 * ((train_rows // 2) // 128))
+    assert metrics["learning_rates"]["warmup_steps"] > 16
+    got = _checkpoint_tensors(rungs / "checkpoints/step-16", tmp_path / "a.pt")
+    expected = _checkpoint_tensors(whole / "checkpoints/step-16", tmp_path / "b.pt")
+    assert got.keys() == expected.keys() and len(got) > 50
+    for key, tensor in expected.items():
+        assert torch.equal(got[key], tensor), key
+
+
 def _data_parallel_tables(run_dir: Path) -> set[str]:
     lines = (run_dir / "plan.txt").read_text().splitlines()[1:]
     return {line.split()[1] for line in lines if line.split()[2] == "data_parallel"}

@@ -53,7 +53,7 @@ def test_tune_stays_in_budget_and_writes_a_recipe_that_reproduces_its_best_trial
     best_line = next(line for line in text.splitlines() if line.startswith("# Best: trial"))
     assert "val AUC" in best_line
     # Trial 0 is the recipe itself, so the search can only improve on it.
-    assert "| 0 | rowwise_adagrad | 0.05 | adagrad | 0.01 | 512 | 0 |" in text
+    assert "| 0 | rowwise_adagrad | 0.05 | adagrad | 0.01 | 512 | 0% |" in text
     assert tuned.model == load_config(TINY).model
     assert (tmp_path / "tuned.toml.trials" / "trials.md").is_file()
 

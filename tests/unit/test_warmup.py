@@ -51,3 +51,19 @@ def test_fraction_equals_the_same_count_of_steps():
 def test_bad_warmup_fields_fail_naming_the_field(overrides, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         load_config(None, overrides, {"data": {"path": "/nonexistent"}})
+
+
+def test_dlrm_tune_states_a_recipes_warmup_as_a_share_of_the_epoch():
+    from dlrm_dist.tune import recipe_warmup_fraction, search_space
+
+    def recipe(*overrides: str):
+        return load_config(
+            None, ["--training.batch_size=512", *overrides], {"data": {"path": "/nonexistent"}}
+        )
+
+    # 10,240 rows on 2 ranks at batch 512: 20 steps an epoch, so 10 warmup steps are half of it.
+    assert recipe_warmup_fraction(recipe("--optim.warmup_steps=10"), 10_240, 2) == 0.5
+    assert recipe_warmup_fraction(recipe("--optim.warmup_steps=500"), 10_240, 2) == 0.99
+    assert recipe_warmup_fraction(recipe("--optim.warmup_fraction=0.2"), 10_240, 2) == 0.2
+    assert recipe_warmup_fraction(recipe(), 10_240, 2) == 0.0
+    assert search_space(recipe(), "cpu", 0.5)["warmup_fraction"] == [0.0, 0.1, 0.3, 0.5, 0.6]
