@@ -60,7 +60,7 @@ SHAPES = [
     "--model.name=dlrm", "--model.embedding_dim=16", "--model.bottom_mlp=512,256,64,16",
     "--model.top_mlp=512,256,1", f"--training.batch_size={BATCH}", f"--optim.reference_batch_size={BATCH}",
     "--optim.embedding_optimizer=sgd", "--optim.dense_optimizer=sgd", "--optim.lr=0.1",
-    "--optim.embedding_lr=0.1", "--optim.warmup_steps=0", "--optim.decay=none",
+    "--optim.embedding_lr=0.1", "--optim.warmup_steps=0", "--optim.warmup_fraction=0", "--optim.decay=none",
 ]  # fmt: skip
 VARIANTS = {
     "fp32": [],
