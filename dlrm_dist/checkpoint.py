@@ -41,6 +41,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torchrec.optim.keyed import KeyedOptimizerWrapper, OptimizerWrapper
 
 from dlrm_dist.config import CheckpointConfig
 from dlrm_dist.distributed import DistContext
@@ -349,6 +350,7 @@ class Checkpointer:
         """
         saved, _ = self.read_saved(path)
         per_rank = torch.load(path / f"rank-{self.ctx.rank % saved.world_size}.pt", weights_only=False)
+        _init_lazy_optimizer_state(optimizer)
         state = {"model": model.state_dict(), "optim": optimizer.state_dict()}
         problem = _mismatch(state, dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
         if problem is not None:
@@ -366,6 +368,22 @@ class Checkpointer:
         if per_rank["cuda_rng"] is not None and self.ctx.device.type == "cuda":
             torch.cuda.set_rng_state(per_rank["cuda_rng"])
         return saved
+
+
+def _init_lazy_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Gives the dense optimizer the state it would have after a step, so that DCP has keys to load into.
+
+    DCP loads in place, into the tensors the target state dict already holds, and skips what the
+    checkpoint has beyond them. Adagrad creates its state when it is built, but Adam only at its first
+    step: a resumed Adam loaded nothing and started again from zero moments and step 0 (a resumed run
+    drifted from the uninterrupted one; `tests/distributed/test_training.py` checks they are equal).
+    TorchRec's `init_state` takes one step with zero gradients; the weights it could move (weight decay)
+    are overwritten by the checkpoint's, loaded after it. The fused table optimizers keep their state
+    in the tables' modules and are left alone.
+    """
+    for _, sub_optimizer in getattr(optimizer, "optimizers", [("", optimizer)]):
+        if isinstance(sub_optimizer, (KeyedOptimizerWrapper, OptimizerWrapper)):
+            sub_optimizer.init_state()
 
 
 def _tensor_sizes(state: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, list[int]]]:
