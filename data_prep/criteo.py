@@ -97,7 +97,7 @@ def _parse_phase(options: PrepOptions, input_files: list[InputFile], work: Path,
     calls = []
     for file_index, input_file in enumerate(input_files):
         if input_file.is_gzip:
-            if not (chunk_dir / f"f{file_index:05d}.done.json").exists():
+            if tasks.gzip_chunks_parsed(chunk_dir, file_index) is None:
                 calls.append((tasks.parse_gzip_file, {"input_file": input_file, "file_index": file_index}))
             continue
         for chunk_index in range(count_plain_chunks(input_file, options.chunk_bytes)):
@@ -129,8 +129,7 @@ def _parse_phase(options: PrepOptions, input_files: list[InputFile], work: Path,
 
 def _chunk_names(input_file: InputFile, file_index: int, options: PrepOptions, chunk_dir: Path) -> list[str]:
     if input_file.is_gzip:
-        done = json.loads((chunk_dir / f"f{file_index:05d}.done.json").read_text())
-        count = done["num_chunks"]
+        count = tasks.gzip_chunks_parsed(chunk_dir, file_index)
     else:
         count = count_plain_chunks(input_file, options.chunk_bytes)
     return [tasks.chunk_name(file_index, index) for index in range(count)]

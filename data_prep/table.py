@@ -37,7 +37,7 @@ from data_prep.phases import Phases, Runner, progress_bar, run_phases, train_bag
 from data_prep.schema import SPLITS
 from data_prep.table_hash import random_split_codes
 from data_prep.table_parse import BAD_ROW_REASONS, TableSpec
-from data_prep.tasks import chunk_name
+from data_prep.tasks import chunk_name, gzip_chunks_parsed
 
 SPLIT_MODES = ("ordered", "random")
 
@@ -169,11 +169,11 @@ def resolve_spec(options: TableOptions, input_files: list[InputFile]) -> TableSp
 
 def _num_chunks(input_file: InputFile, file_index: int, options: TableOptions, chunk_dir: Path) -> int:
     """Chunks of a parsed file. A .gz file's count is known once it is parsed (a stream cannot be cut
-    by byte offset): its parse task records it in `fNNNNN.done.json`."""
+    by byte offset): its parse task records it (`data_prep.tasks.gzip_chunks_parsed`)."""
     if options.spec.format == "parquet":
         return pq.ParquetFile(input_file.path).metadata.num_row_groups
     if input_file.is_gzip:
-        return table_tasks.gzip_chunks_parsed(chunk_dir, file_index)
+        return gzip_chunks_parsed(chunk_dir, file_index)
     return count_plain_chunks(input_file, options.chunk_bytes)
 
 
@@ -191,7 +191,7 @@ def _parse_phase(
         }
         if input_file.is_gzip:
             # One task reads the whole stream; it skips the chunks an interrupted run left complete.
-            if table_tasks.gzip_chunks_parsed(chunk_dir, file_index) is None:
+            if gzip_chunks_parsed(chunk_dir, file_index) is None:
                 call = {**common, "chunk_bytes": options.chunk_bytes, "header": options.header}
                 calls.append((table_tasks.parse_gzip_text_file, call))
             continue

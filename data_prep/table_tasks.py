@@ -27,7 +27,7 @@ from data_prep.inputs import InputFile, iter_gzip_chunks, read_plain_chunk
 from data_prep.parse import BadRowError
 from data_prep.table_hash import random_split_codes
 from data_prep.table_parse import ParsedTable, TableSpec, parse_batch, parse_text
-from data_prep.tasks import chunk_name, count_lines_before, write_json_atomic
+from data_prep.tasks import chunk_name, count_lines_before, mark_gzip_parsed, write_json_atomic
 
 Piece = tuple[str, int, int, int, int, int]
 
@@ -79,12 +79,6 @@ def parse_text_chunk(
     )
 
 
-def gzip_chunks_parsed(chunk_dir: Path, file_index: int) -> int | None:
-    """The number of chunks of .gz input `file_index`, or None while its parse has not finished."""
-    done = Path(chunk_dir) / f"f{file_index:05d}.done.json"
-    return json.loads(done.read_text())["num_chunks"] if done.exists() else None
-
-
 def parse_gzip_text_file(
     input_file: InputFile,
     file_index: int,
@@ -119,7 +113,7 @@ def parse_gzip_text_file(
         # An empty stream still gets a chunk, as an empty plain file does: the plan reads one per file.
         _save(parse_text(b"", spec), directory, chunk_name(file_index, 0), input_file.name, 0, on_bad_row)
         chunk_index = 0
-    write_json_atomic(directory / f"f{file_index:05d}.done.json", {"num_chunks": chunk_index + 1})
+    mark_gzip_parsed(directory, file_index, chunk_index + 1)
     return {"rows": rows, "lines": lines}
 
 

@@ -135,6 +135,20 @@ def parse_plain_chunk(
     return {"rows": meta["rows"], "lines": meta["num_lines"], "bytes": len(data)}
 
 
+def gzip_chunks_parsed(chunk_dir: str | Path, file_index: int) -> int | None:
+    """The number of chunks of .gz input `file_index`, or None while its parse has not finished.
+
+    A gzip stream cannot be cut by byte offset, so its chunk count is known only once one task has read
+    it all; that task records it last (`mark_gzip_parsed`), which also marks the file as done.
+    """
+    done = Path(chunk_dir) / f"f{file_index:05d}.done.json"
+    return json.loads(done.read_text())["num_chunks"] if done.exists() else None
+
+
+def mark_gzip_parsed(chunk_dir: str | Path, file_index: int, num_chunks: int) -> None:
+    write_json_atomic(Path(chunk_dir) / f"f{file_index:05d}.done.json", {"num_chunks": num_chunks})
+
+
 def parse_gzip_file(
     input_file: InputFile,
     file_index: int,
@@ -163,7 +177,7 @@ def parse_gzip_file(
                 raise BadRowError(f"{where}:{lines + int(line_text)}:{rest}") from None
         rows += meta["rows"]
         lines += meta["num_lines"]
-    write_json_atomic(directory / f"f{file_index:05d}.done.json", {"num_chunks": chunk_index + 1})
+    mark_gzip_parsed(directory, file_index, chunk_index + 1)
     return {"rows": rows, "lines": lines, "bytes": input_file.bytes}
 
 

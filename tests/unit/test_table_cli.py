@@ -18,7 +18,7 @@ from data_prep.cli import main
 from data_prep.inputs import InputFile
 from data_prep.table_hash import hash_values
 from data_prep.table_parse import TableSpec
-from data_prep.tasks import chunk_name
+from data_prep.tasks import chunk_name, gzip_chunks_parsed
 from tests import reference_table as reference
 
 CSV = 'clicked,price,city,tags\n1,2.5,"Paris, FR",a|b\n0,,Köln,\r\n1,x,Oslo,c\n0,3,Oslo,a\n'
@@ -159,7 +159,7 @@ def test_gzip_parse_resumes_past_the_chunks_it_finished(tmp_path):
         return table_tasks.parse_gzip_text_file(input_file, 0, 1000, str(chunk_dir), spec, True, "skip")
 
     assert parse() == {"rows": 400, "lines": 400}
-    num_chunks = table_tasks.gzip_chunks_parsed(chunk_dir, 0)
+    num_chunks = gzip_chunks_parsed(chunk_dir, 0)
     assert num_chunks is not None and num_chunks > 3
     first = {path.name: path.read_bytes() for path in chunk_dir.iterdir()}
     kept = chunk_dir / f"{chunk_name(0, 0)}.arrow"
@@ -168,7 +168,7 @@ def test_gzip_parse_resumes_past_the_chunks_it_finished(tmp_path):
     (chunk_dir / "f00000.done.json").unlink()
     for suffix in (".arrow", ".json"):
         (chunk_dir / f"{chunk_name(0, num_chunks - 1)}{suffix}").unlink()
-    assert table_tasks.gzip_chunks_parsed(chunk_dir, 0) is None
+    assert gzip_chunks_parsed(chunk_dir, 0) is None
     assert parse() == {"rows": 400, "lines": 400}
     assert {path.name: path.read_bytes() for path in chunk_dir.iterdir()} == first
     assert kept.stat().st_mtime_ns == kept_mtime  # read past, not parsed again
