@@ -73,26 +73,38 @@ def _distinct_hashes(values: pa.Array) -> np.ndarray:
     return hashes
 
 
-def hash_values(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """The uint64 hash of each value of a binary/string (or dictionary of them) array; null and empty
-    values give 0 (missing)."""
+def hash_dictionary(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """The hashes of a binary/string (or dictionary of them) array as (distinct, indices): value i's
+    hash is `distinct[indices[i]]`. Null and empty values give 0 (missing); `distinct` ends with a 0
+    that the nulls point at, so every index is valid.
+
+    Each distinct value is hashed once, and a chunk's rows stay int32 indices until they become ids
+    (`data_prep.table_tasks`): ids are a function of the hash alone, so they can be computed per
+    distinct value and gathered once, instead of gathering the hashes and then computing one per row.
+    """
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
-    if len(values) == 0:
-        return np.zeros(0, np.uint64)
     if pa.types.is_dictionary(values.type):
         # The CSV reader already built the dictionary (see `data_prep.table_parse`).
         encoded = pa.DictionaryArray.from_arrays(values.indices, values.dictionary.cast(pa.binary()))
     else:
         encoded = pc.dictionary_encode(values.cast(pa.binary()))
-    if len(encoded.dictionary) == 0:
-        return np.zeros(len(values), np.uint64)
-    dictionary_hashes = _distinct_hashes(encoded.dictionary)
-    empty = pc.equal(pc.binary_length(encoded.dictionary), 0).to_numpy(zero_copy_only=False)
-    dictionary_hashes[empty] = MISSING
-    indices = encoded.indices.fill_null(-1).to_numpy()
-    hashes = np.where(indices >= 0, dictionary_hashes[np.maximum(indices, 0)], np.uint64(MISSING))
-    return hashes.astype(np.uint64)
+    distinct = np.zeros(len(encoded.dictionary) + 1, np.uint64)
+    if len(encoded.dictionary):
+        distinct[:-1] = _distinct_hashes(encoded.dictionary)
+        empty = pc.equal(pc.binary_length(encoded.dictionary), 0).to_numpy(zero_copy_only=False)
+        distinct[:-1][empty] = MISSING
+    indices = encoded.indices.fill_null(len(encoded.dictionary)).to_numpy().astype(np.int32, copy=False)
+    return distinct, indices
+
+
+def hash_values(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The uint64 hash of each value of a binary/string (or dictionary of them) array; null and empty
+    values give 0 (missing)."""
+    if len(values) == 0:
+        return np.zeros(0, np.uint64)
+    distinct, indices = hash_dictionary(values)
+    return distinct[indices]
 
 
 def split_bounds(fractions: tuple[float, float, float]) -> tuple[int, int]:

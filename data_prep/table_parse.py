@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from data_prep.parse import MAX_EXAMPLES_PER_REASON
-from data_prep.table_hash import hash_values
+from data_prep.table_hash import hash_dictionary, hash_values
 
 BAD_ROW_REASONS = ("line", "field_count", "label", "dense")
 FORMATS = ("csv", "tsv", "parquet")
@@ -126,9 +126,12 @@ def _line_flags(data: bytes, csv_quotes: bool) -> tuple[int, np.ndarray, np.ndar
         ends = np.append(ends, len(buffer))
     starts = np.concatenate([[0], ends[:-1] + 1])
     stops = ends.copy()
-    has_cr = (stops > starts) & (buffer[np.maximum(stops - 1, 0)] == 13)
-    stops[has_cr] -= 1
     reason = np.zeros(len(starts), np.uint8)
+    if b"\r" in data:
+        has_cr = (stops > starts) & (buffer[np.maximum(stops - 1, 0)] == 13)
+        stops[has_cr] -= 1
+    else:
+        has_cr = np.zeros(len(starts), bool)
     carriages = np.flatnonzero(buffer == 13) if carriage else ()
     if len(carriages) > has_cr.sum():
         inner = carriages[~np.isin(carriages, stops[has_cr])]
@@ -344,7 +347,8 @@ def _clean(
             arrays[f"c{index}"] = _bags(column, separators[name])
         else:
             text = column if pa.types.is_dictionary(column.type) else _text(column)
-            arrays[f"c{index}"] = pa.array(hash_values(text), pa.uint64())
+            distinct, indices = hash_dictionary(text)
+            arrays[f"c{index}"] = pa.DictionaryArray.from_arrays(pa.array(indices), pa.array(distinct))
     return ParsedTable(pa.table(arrays), num_lines, bad)
 
 

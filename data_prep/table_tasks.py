@@ -3,7 +3,8 @@
 As in `data_prep.tasks` (Criteo's), every task writes its outputs under a temporary name and renames
 them when complete, takes only picklable arguments and returns a small dict. A parsed chunk holds the
 kept rows as `line` (1-based within the chunk), `label`, `d0..` (cleaned dense), `c0..` (uint64 value
-hashes, 0 = missing; `list<uint64>` for multi-hot).
+hashes, 0 = missing: a dictionary of the chunk's distinct hashes with int32 indices, or `list<uint64>`
+for multi-hot).
 
 A piece of a split is `(chunk path, start, stop, split_code, file_index, first_line)`: rows
 [start, stop) of the chunk, counted among the rows of split `split_code` when the split is random
@@ -145,6 +146,11 @@ def read_piece(piece: Piece, fractions: tuple[float, float, float], seed: int) -
 def _values(column: pa.ChunkedArray) -> np.ndarray:
     if pa.types.is_list(column.type):
         return pc.list_flatten(column).to_numpy()
+    if pa.types.is_dictionary(column.type):
+        return np.concatenate(
+            [np.zeros(0, np.uint64)]
+            + [chunk.dictionary.to_numpy()[chunk.indices.to_numpy()] for chunk in column.chunks]
+        )
     return column.to_numpy()
 
 
@@ -194,7 +200,17 @@ def _encode(table: pa.Table, schema: pa.Schema, hash_buckets: list[int] | None, 
     arrays += [table.column(f"d{index}") for index in range(num_dense)]
     lengths = []
     for index in range(len(schema) - 1 - num_dense):
-        column = table.column(f"c{index}").combine_chunks()
+        chunks = table.column(f"c{index}")
+        if pa.types.is_dictionary(chunks.type):
+            # One-hot columns: ids of each chunk's distinct hashes, gathered by its indices (ids are a
+            # function of the hash alone; see `data_prep.table_hash.hash_dictionary`).
+            parts = [np.zeros(0, np.int32)] + [
+                _ids(chunk.dictionary.to_numpy(), index, hash_buckets, vocabularies)[chunk.indices.to_numpy()]
+                for chunk in chunks.chunks
+            ]
+            arrays.append(pa.array(np.concatenate(parts)))
+            continue
+        column = chunks.combine_chunks()
         if pa.types.is_list(column.type):
             offsets = column.offsets.to_numpy()
             ids = _ids(column.flatten().to_numpy(), index, hash_buckets, vocabularies)
