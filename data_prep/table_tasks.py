@@ -178,10 +178,17 @@ def build_vocab_column(
 
 
 def _ids(
-    hashes: np.ndarray, index: int, hash_buckets: list[int] | None, vocabularies: list | None
+    hashes: np.ndarray,
+    index: int,
+    hash_buckets: list[int] | None,
+    vocabularies: list | None,
+    distinct: bool = False,
 ) -> np.ndarray:
+    """Ids of column `index`'s hashes; `distinct`: no hash repeats (a chunk's dictionary)."""
     if vocabularies is not None:
         kept = vocabularies[index]
+        if distinct and len(kept) > len(hashes):
+            return encode.vocab_ids(hashes, kept)
         if len(kept) <= len(hashes):
             # A hash-table lookup of each row (pyarrow builds the table from the vocabulary per call,
             # which costs less than the rows' lookups while the vocabulary is not larger than them).
@@ -205,7 +212,9 @@ def _encode(table: pa.Table, schema: pa.Schema, hash_buckets: list[int] | None, 
             # One-hot columns: ids of each chunk's distinct hashes, gathered by its indices (ids are a
             # function of the hash alone; see `data_prep.table_hash.hash_dictionary`).
             parts = [np.zeros(0, np.int32)] + [
-                _ids(chunk.dictionary.to_numpy(), index, hash_buckets, vocabularies)[chunk.indices.to_numpy()]
+                _ids(chunk.dictionary.to_numpy(), index, hash_buckets, vocabularies, distinct=True)[
+                    chunk.indices.to_numpy()
+                ]
                 for chunk in chunks.chunks
             ]
             arrays.append(pa.array(np.concatenate(parts)))
@@ -248,17 +257,20 @@ def write_shard(
         pending_rows = 0
 
         def flush() -> None:
-            encoded, lengths = _encode(pa.concat_tables(pending), schema, hash_buckets, vocabularies)
-            writer.write_table(encoded, row_group_size=row_group_rows)
+            # One chunk per column, as a single encoded table would be: the file's bytes do not depend
+            # on how the row group's rows were split among pieces.
+            writer.write_table(pa.concat_tables(pending).combine_chunks(), row_group_size=row_group_rows)
+
+        for piece in pieces:
+            # Each piece is encoded whole, before it is cut into row groups: a chunk's dictionary of
+            # distinct hashes is then looked up once, however many row groups its rows fall in.
+            table, lengths = _encode(read_piece(piece, fractions, seed), schema, hash_buckets, vocabularies)
             if not sums:
                 sums.extend([0] * len(lengths))
                 maxima.extend([0] * len(lengths))
             for index, bag_lengths in enumerate(lengths):
                 sums[index] += int(bag_lengths.sum())
                 maxima[index] = max(maxima[index], int(bag_lengths.max(initial=0)))
-
-        for piece in pieces:
-            table = read_piece(piece, fractions, seed)
             position = 0
             while position < table.num_rows:
                 take = min(table.num_rows - position, row_group_rows - pending_rows)
