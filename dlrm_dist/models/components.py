@@ -26,6 +26,45 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 
+class ViewSparseArch(SparseArch):
+    """TorchRec's `SparseArch` ([B, F, D] pooled embeddings) without its copy where none is needed.
+
+    The collection returns one KeyedTensor [B, F * D]. TorchRec splits it into its F keys and
+    concatenates them again in the arch's feature order: a copy forward and a split plus concatenation
+    backward, on every step. When the keys already come in that order (an unsharded collection, and
+    every sharding that keeps the tables' order, such as table_wise on one rank) [B, F, D] is a view of
+    the same values instead, with the same numbers and gradients; otherwise TorchRec's reordering runs.
+
+    Example::
+
+        arch = ViewSparseArch(EmbeddingBagCollection(tables=[EmbeddingBagConfig(
+            name="C1", embedding_dim=8, num_embeddings=100, feature_names=["C1"])]))
+        pooled = arch(KeyedJaggedTensor.from_lengths_sync(
+            keys=["C1"], values=torch.tensor([3, 7]), lengths=torch.tensor([1, 1])))
+        # pooled.shape == (2, 1, 8)
+    """
+
+    def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
+        """
+        Args:
+            features: KJT with one key per feature of the collection.
+
+        Returns:
+            [B, F, D].
+        """
+        pooled = self.embedding_bag_collection(features)
+        values = pooled.values()
+        # Under fx symbolic tracing the values are a Proxy, whose shape cannot steer Python: the traced
+        # graph keeps TorchRec's ops, which compute the same numbers.
+        in_order = isinstance(values, torch.Tensor) and pooled.keys() == self._sparse_feature_names
+        if in_order and values.shape[-1] == self.F * self.D:
+            return values.view(-1, self.F, self.D)
+        by_key = pooled.to_dict()
+        return torch.cat([by_key[name] for name in self._sparse_feature_names], dim=1).reshape(
+            -1, self.F, self.D
+        )
+
+
 class FirstOrderArch(nn.Module):
     """The linear ("wide") part: a bias, a linear term on the dense features and one weight per sparse id.
 
@@ -95,7 +134,7 @@ class FieldArch(nn.Module):
         device: torch.device | None = None,
     ) -> None:
         super().__init__()
-        self.sparse_arch = SparseArch(field_collection)
+        self.sparse_arch = ViewSparseArch(field_collection)
         # A linear map, not DLRM's bottom MLP: the dense features enter as one more embedded field.
         self.dense_projection = nn.Linear(dense_in_features, self.sparse_arch.D, device=device)
 
@@ -145,7 +184,7 @@ class StackedInputArch(nn.Module):
 
     def __init__(self, field_collection: EmbeddingBagCollection, dense_in_features: int) -> None:
         super().__init__()
-        self.sparse_arch = SparseArch(field_collection)
+        self.sparse_arch = ViewSparseArch(field_collection)
         self.out_features: int = dense_in_features + self.sparse_arch.F * self.sparse_arch.D
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:

@@ -12,10 +12,12 @@ Shapes used below:
     InteractionArch: pairwise dot products of the F + 1 vectors               -> [B, D + F + F choose 2]
     OverArch (top MLP, last layer 1)                                           -> [B, 1] -> logits [B]
 
-TorchRec's `DLRM` is used rather than rewritten, with two changes: `forward` squeezes the trailing
-logit dimension, so that every model family of the registry returns logits of shape [B], and the
+TorchRec's `DLRM` is used rather than rewritten, with three changes: `forward` squeezes the trailing
+logit dimension, so that every model family of the registry returns logits of shape [B]; the
 interaction is `FlatTriuInteractionArch`, TorchRec's `InteractionArch` computing the same numbers
-with a cheaper gather of the upper triangle (see its docstring).
+with a cheaper gather of the upper triangle (see its docstring); and the sparse arch is
+`ViewSparseArch`, TorchRec's `SparseArch` without a copy of the pooled embeddings when they already
+come in its order (`dlrm_dist.models.components`).
 
 A data set with no dense features has no bottom MLP input. TorchRec's `DLRM` would still build one and
 feed its (constant) output into every dot product, so `DLRMWithoutDense` interacts the embeddings
@@ -33,11 +35,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchrec.models.dlrm import DLRM, InteractionArch, OverArch, SparseArch
+from torchrec.models.dlrm import DLRM, InteractionArch, OverArch
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_dist.config import ModelConfig
+from dlrm_dist.models.components import ViewSparseArch
 from dlrm_dist.models.pair_dots import flat_triu_indices, pair_dots, symmetric_gather_indices
 from dlrm_dist.models.tables import EmbeddingTables
 
@@ -109,7 +112,9 @@ class DLRMLogits(DLRM):
 
     def __init__(self, embedding_bag_collection: EmbeddingBagCollection, **kwargs) -> None:
         super().__init__(embedding_bag_collection, **kwargs)
-        # The same numbers as TorchRec's interaction; it holds no parameters, so state_dicts are unchanged.
+        # The same numbers as TorchRec's sparse arch and interaction; the sparse arch holds the same
+        # collection and the interaction no parameters, so state_dicts are unchanged.
+        self.sparse_arch = ViewSparseArch(embedding_bag_collection)
         self.inter_arch = FlatTriuInteractionArch(self.inter_arch.F)
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
@@ -143,7 +148,7 @@ class DLRMWithoutDense(nn.Module):
         dense_device: torch.device | None = None,
     ) -> None:
         super().__init__()
-        self.sparse_arch = SparseArch(embedding_bag_collection)
+        self.sparse_arch = ViewSparseArch(embedding_bag_collection)
         num_features, dim = self.sparse_arch.F, self.sparse_arch.D
         # The (f, g) pairs with f < g of the [F, F] matrix of dot products (see `pair_dots`).
         self.register_buffer("pairs", flat_triu_indices(num_features, dense_device), persistent=False)

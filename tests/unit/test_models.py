@@ -10,14 +10,15 @@ import torchrec.fx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchrec.datasets.utils import Batch
-from torchrec.models.dlrm import InteractionArch
-from torchrec.modules.embedding_configs import PoolingType
+from torchrec.models.dlrm import InteractionArch, SparseArch
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from data_prep.schema import NUM_DENSE, SPARSE_COLUMNS
 from dlrm_dist.config import ModelConfig
 from dlrm_dist.models import MODEL_REGISTRY, build_model
+from dlrm_dist.models.components import ViewSparseArch
 from dlrm_dist.models.dlrm import DLRMLogits, DLRMWithoutDense, FlatTriuInteractionArch
 from dlrm_dist.models.pair_dots import flat_triu_indices, pair_dots, symmetric_gather_indices
 from dlrm_dist.models.train_module import CTRTrainModule
@@ -157,6 +158,7 @@ def test_dlrm_uses_the_flat_interaction_and_keeps_torchrecs_state_dict_keys() ->
     model = build_model(SMALL_DLRM, TABLE_ROWS, NUM_DENSE, CPU, CPU)
     assert isinstance(model, DLRMLogits)
     assert isinstance(model.inter_arch, FlatTriuInteractionArch)
+    assert isinstance(model.sparse_arch, ViewSparseArch)
     assert not [key for key in model.state_dict() if "inter_arch" in key]
 
 
@@ -178,3 +180,49 @@ def test_pair_dots_backward_passes_gradcheck_in_double() -> None:
     vectors = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
     triu, symmetric = flat_triu_indices(5), symmetric_gather_indices(5)
     assert torch.autograd.gradcheck(lambda v: pair_dots(v, triu, symmetric), (vectors,))
+
+
+class _ReversedKeys(EmbeddingBagCollection):
+    """An EmbeddingBagCollection whose KeyedTensor lists its keys last to first (as a sharded
+    collection may order them)."""
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        pooled = super().forward(features).to_dict()
+        names = list(reversed(pooled))
+        return KeyedTensor.from_tensor_list(names, [pooled[name] for name in names])
+
+
+@pytest.mark.parametrize("collection_type", [EmbeddingBagCollection, _ReversedKeys])
+def test_view_sparse_arch_equals_torchrecs_sparse_arch_in_values_and_gradients(collection_type) -> None:
+    torch.manual_seed(0)
+    tables = [
+        EmbeddingBagConfig(name=f"t_{name}", embedding_dim=4, num_embeddings=rows, feature_names=[name])
+        for name, rows in zip(SPARSE_COLUMNS, TABLE_ROWS, strict=True)
+    ]
+    collection = collection_type(tables=tables)
+    ours, theirs = ViewSparseArch(collection), SparseArch(collection)
+    batch = make_batch(3)
+    results = []
+    for arch in (ours, theirs):
+        collection.zero_grad()
+        pooled = arch(batch.sparse_features)
+        (pooled * torch.arange(pooled.numel()).view_as(pooled)).sum().backward()
+        results.append(
+            (pooled.detach(), [table.weight.grad.clone() for table in collection.embedding_bags.values()])
+        )
+    assert torch.equal(results[0][0], results[1][0])
+    for ours_grad, theirs_grad in zip(results[0][1], results[1][1], strict=True):
+        assert torch.equal(ours_grad, theirs_grad)
+    # Keys in the arch's order: a view of the collection's values; otherwise TorchRec's split of them by
+    # key and concatenation in the arch's order.
+    names = _autograd_names(ours(batch.sparse_features).grad_fn, depth=3)
+    assert ("SplitWithSizesBackward0" in names) == (collection_type is _ReversedKeys)
+
+
+def _autograd_names(node, depth: int) -> set[str]:
+    if node is None or depth == 0:
+        return set()
+    names = {type(node).__name__}
+    for parent, _ in node.next_functions:
+        names |= _autograd_names(parent, depth - 1)
+    return names
