@@ -74,9 +74,10 @@ def _distinct_hashes(values: pa.Array) -> np.ndarray:
 
 
 def hash_dictionary(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """The hashes of a binary/string (or dictionary of them) array as (distinct, indices): value i's
-    hash is `distinct[indices[i]]`. Null and empty values give 0 (missing); `distinct` ends with a 0
-    that the nulls point at, so every index is valid.
+    """The hashes of a binary/string (or dictionary of them) array as (hashes, indices): value i's hash
+    is `hashes[indices[i]]`, one entry per dictionary value (distinct values, whose hashes may still
+    collide). Null and empty values give 0 (missing); `hashes` ends with a 0 that the nulls point at,
+    so every index is valid.
 
     Each distinct value is hashed once, and a chunk's rows stay int32 indices until they become ids
     (`data_prep.table_tasks`): ids are a function of the hash alone, so they can be computed per
@@ -94,7 +95,9 @@ def hash_dictionary(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.
         distinct[:-1] = _distinct_hashes(encoded.dictionary)
         empty = pc.equal(pc.binary_length(encoded.dictionary), 0).to_numpy(zero_copy_only=False)
         distinct[:-1][empty] = MISSING
-    indices = encoded.indices.fill_null(len(encoded.dictionary)).to_numpy().astype(np.int32, copy=False)
+    # int32 first: a Parquet dictionary column may keep narrower indices, in which the null slot's
+    # index (the dictionary's length) need not fit.
+    indices = encoded.indices.cast(pa.int32()).fill_null(len(encoded.dictionary)).to_numpy()
     return distinct, indices
 
 

@@ -158,13 +158,16 @@ def count_train_rows(
     pieces: list[Piece], out_prefix: str, num_categorical: int, fractions: tuple, seed: int
 ) -> dict[str, Any]:
     """Spills the (hash, count) pairs of each categorical column of train rows; missing is not counted."""
-    table = pa.concat_tables([read_piece(piece, fractions, seed) for piece in pieces])
+    # Piece by piece, not concatenated: a chunk staged before one-hot columns became dictionaries (a
+    # resumed older run) has plain uint64 columns, which `_values` reads as well.
+    tables = [read_piece(piece, fractions, seed) for piece in pieces]
     columns = []
     for index in range(num_categorical):
-        values = _values(table.column(f"c{index}"))
+        parts = [_values(table.column(f"c{index}")) for table in tables]
+        values = np.concatenate([np.zeros(0, np.uint64), *parts])
         columns.append(values[values != 0])
     encode.count_chunk(columns, Path(out_prefix), value_dtype=np.uint64)
-    return {"rows": table.num_rows}
+    return {"rows": sum(table.num_rows for table in tables)}
 
 
 def build_vocab_column(
@@ -184,7 +187,7 @@ def _ids(
     vocabularies: list | None,
     distinct: bool = False,
 ) -> np.ndarray:
-    """Ids of column `index`'s hashes; `distinct`: no hash repeats (a chunk's dictionary)."""
+    """Ids of column `index`'s hashes; `distinct`: the hashes of a chunk's dictionary (few repeats)."""
     if vocabularies is not None:
         kept = vocabularies[index]
         if distinct and len(kept) > len(hashes):
@@ -196,8 +199,8 @@ def _ids(
             return (found.to_numpy() + 1).astype(np.int32)
         # A large vocabulary: a binary search per distinct value of the row group (pyarrow's hash-based
         # dictionary encoding finds them in one pass), not per row.
-        distinct = pc.dictionary_encode(pa.array(hashes))
-        return encode.vocab_ids(distinct.dictionary.to_numpy(), kept)[distinct.indices.to_numpy()]
+        encoded = pc.dictionary_encode(pa.array(hashes))
+        return encode.vocab_ids(encoded.dictionary.to_numpy(), kept)[encoded.indices.to_numpy()]
     return (hashes % np.uint64(hash_buckets[index])).astype(np.int32)
 
 
@@ -242,7 +245,8 @@ def write_shard(
     seed: int,
     bag_stats_path: str | None,
 ) -> dict[str, Any]:
-    """Writes one Parquet shard from pieces of parsed chunks, a row group at a time.
+    """Writes one Parquet shard from pieces of parsed chunks: each piece encoded to ids whole, then
+    written a row group at a time.
 
     `bag_stats_path` (train shards with multi-hot features) receives the shard's rows and the sum and
     maximum of each multi-hot column's bag lengths, before the shard is renamed into place.
@@ -257,8 +261,8 @@ def write_shard(
         pending_rows = 0
 
         def flush() -> None:
-            # One chunk per column, as a single encoded table would be: the file's bytes do not depend
-            # on how the row group's rows were split among pieces.
+            # One chunk per column (the file's bytes do not depend on how the row group's rows were
+            # split among pieces either way).
             writer.write_table(pa.concat_tables(pending).combine_chunks(), row_group_size=row_group_rows)
 
         for piece in pieces:

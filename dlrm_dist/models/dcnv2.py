@@ -15,7 +15,7 @@ Shapes used below:
     r: `model.low_rank_dim`; L: `model.cross_layers`
 
     dense_features [B, 13] -> DenseArch (bottom MLP, last size D)                       -> [B, D]
-    sparse_features KJT    -> SparseArch (EmbeddingBagCollection)                       -> [B, F, D]
+    sparse_features KJT    -> ViewSparseArch (EmbeddingBagCollection)                   -> [B, F, D]
     InteractionDCNArch: x_0 = concat([B, D], [B, F D]) -> LowRankCrossNet (L layers)     -> [B, N]
     OverArch (top MLP, last layer 1)                                                     -> [B, 1] -> [B]
 
@@ -28,9 +28,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torchrec.models.dlrm import DLRM_DCN
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_dist.config import ModelConfig
+from dlrm_dist.models.components import ViewSparseArch
 from dlrm_dist.models.dlrm import check_dlrm_mlps
 from dlrm_dist.models.tables import EmbeddingTables
 
@@ -48,6 +50,12 @@ class DLRMDCNLogits(DLRM_DCN):
             keys=["C1"], values=torch.tensor([1, 2, 3, 4]), lengths=torch.tensor([1, 1, 1, 1])))
         # logits.shape == (4,)
     """
+
+    def __init__(self, embedding_bag_collection: EmbeddingBagCollection, **kwargs) -> None:
+        super().__init__(embedding_bag_collection, **kwargs)
+        # The same numbers as TorchRec's sparse arch, without its copy; the same collection, so the same
+        # state_dict keys.
+        self.sparse_arch = ViewSparseArch(embedding_bag_collection)
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         """

@@ -8,7 +8,7 @@ Shapes used below:
     dense_in_features: number of dense features (13 for Criteo: I1..I13)
 
     dense_features [B, dense_in_features] -> DenseArch (bottom MLP)            -> [B, D]
-    sparse_features KJT (F keys)          -> SparseArch (EmbeddingBagCollection) -> [B, F, D]
+    sparse_features KJT (F keys)          -> ViewSparseArch (EmbeddingBagCollection) -> [B, F, D]
     InteractionArch: pairwise dot products of the F + 1 vectors               -> [B, D + F + F choose 2]
     OverArch (top MLP, last layer 1)                                           -> [B, 1] -> logits [B]
 
@@ -21,9 +21,9 @@ come in its order (`dlrm_dist.models.components`).
 
 A data set with no dense features has no bottom MLP input. TorchRec's `DLRM` would still build one and
 feed its (constant) output into every dot product, so `DLRMWithoutDense` interacts the embeddings
-alone, with TorchRec's own `SparseArch` and `OverArch`:
+alone, with `ViewSparseArch` and TorchRec's own `OverArch`:
 
-    sparse_features KJT -> SparseArch -> e [B, F, D]
+    sparse_features KJT -> ViewSparseArch -> e [B, F, D]
     interaction: concat(sum_f e_f [B, D], <e_f, e_g> for f < g [B, F choose 2])   -> [B, D + F choose 2]
     OverArch (top MLP, last layer 1)                                              -> logits [B]
 

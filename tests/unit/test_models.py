@@ -226,3 +226,12 @@ def _autograd_names(node, depth: int) -> set[str]:
     for parent, _ in node.next_functions:
         names |= _autograd_names(parent, depth - 1)
     return names
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_REGISTRY))
+def test_every_family_reads_its_embeddings_through_view_sparse_arch(name) -> None:
+    cfg = dataclasses.replace(SMALL_DLRM, name=name)
+    arches = [
+        m for m in build_model(cfg, TABLE_ROWS, sparse_device=CPU).modules() if isinstance(m, SparseArch)
+    ]
+    assert all(isinstance(arch, ViewSparseArch) for arch in arches), name

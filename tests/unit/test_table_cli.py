@@ -119,6 +119,30 @@ def test_typed_parquet_input(tmp_path):
     assert np.allclose([row["x"] for row in rows], [np.log1p(1.5), 0.0, 0.0])
 
 
+def test_parquet_dictionary_columns_with_narrow_indices_hash_like_their_values(tmp_path):
+    # 128 distinct values and a null in an int8-indexed dictionary: the null's slot (index 128) does
+    # not fit the column's own index type.
+    names = [f"s{i}" for i in range(128)]
+    values = [names[i % 128] for i in range(300)] + [None]
+    labels = pa.array([i % 2 for i in range(len(values))], pa.int8())
+    outputs = []
+    for kind, column in (
+        ("dictionary", pa.array(values).dictionary_encode().cast(pa.dictionary(pa.int8(), pa.string()))),
+        ("plain", pa.array(values)),
+    ):
+        source = tmp_path / f"{kind}.parquet"
+        pq.write_table(pa.table({"y": labels, "c": column}), source)
+        if kind == "dictionary":  # as the reader gives it back
+            assert pq.read_table(source).column("c").type.index_type == pa.int8()
+        out = tmp_path / f"out-{kind}"
+        argv = ["table", "--input", str(source), "--out", str(out), "--format", "parquet", "--label", "y",
+                "--categorical", "c", "--hash-buckets", "1000", "--split", "ordered:1,0,0", "--no-progress"]  # fmt: skip
+        assert main(argv) == 0
+        outputs.append(pq.read_table(out / "train" / "part-00000.parquet").column("c").to_pylist())
+    assert outputs[0] == outputs[1]
+    assert outputs[0][-1] == 0 and len(set(outputs[0])) > 100
+
+
 @pytest.mark.parametrize("command", ["criteo", "synth", "table", "movielens"])
 def test_help_of_every_command_prints(command, capsys):
     from data_prep.cli import main
