@@ -38,8 +38,15 @@ from data_prep.manifest import load_manifest
 from dlrm_dist.config import JobConfig, build_arg_parser, load_config
 from dlrm_dist.models import build_model
 from dlrm_dist.models.train_module import CTRTrainModule
-from dlrm_dist.planning import PLANNER_HBM_RESERVE, ClusterShape, build_planner, build_topology
-from dlrm_dist.sharding import plan_to_text, prepare_planning
+from dlrm_dist.planning import (
+    PLANNER_HBM_RESERVE,
+    ClusterShape,
+    build_planner,
+    build_topology,
+    first_plan,
+    plan_attempts,
+)
+from dlrm_dist.sharding import plan_to_text, prepare_planning, table_sizes
 from dlrm_dist.trainer import data_features, planner_ids_per_bag
 
 DESCRIPTION = (
@@ -189,10 +196,17 @@ def plan_cluster(
         chosen.append(options)
         return options
 
+    attempts = plan_attempts(
+        constraints, cfg.sharding, cluster.device_type, cluster.world_size, table_sizes(train_module)
+    )
     with _quiet_torchrec():
-        planner = build_planner(cluster, batch_size_per_rank, constraints, callbacks=[keep_chosen])
         try:
-            plan = planner.plan(train_module, sharders)
+            plan = first_plan(
+                lambda attempt: build_planner(cluster, batch_size_per_rank, attempt, callbacks=[keep_chosen]),
+                attempts,
+                train_module,
+                sharders,
+            )
         except PlannerError:
             needed, available = _storage_gap(
                 train_module, sharders, constraints, cluster, batch_size_per_rank

@@ -11,6 +11,7 @@ gathers these inputs for training and `dlrm-plan` alike.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,10 +25,12 @@ from torchrec.distributed.planner.storage_reservations import HeuristicalStorage
 from torchrec.distributed.planner.types import (
     HardwareConfig,
     KernelConfig,
+    PlannerError,
     ShardingOption,
     TopologyFactory,
     TrainerConfig,
 )
+from torchrec.distributed.types import ShardingPlan
 
 from dlrm_dist.config import SHARDING_TYPES, ShardingConfig
 from dlrm_dist.distributed import DistContext
@@ -39,6 +42,12 @@ PLANNER_HBM_RESERVE = 0.15
 # table_row_wise for every criteo_kaggle table on 1 CPU rank, whose input bucketing and splits made a
 # step 2.3 ms (7%) slower than table_wise.
 ONE_RANK_TYPES = ("table_wise", "data_parallel")
+
+# Devices on which several ranks first plan the tables a recipe leaves open whole (ONE_RANK_TYPES), and
+# only when that does not fit with every type: TorchRec's cost model, written for GPUs, makes every
+# criteo_kaggle table table_row_wise on 2 CPU ranks, whose bucketing and two all-to-alls over gloo made
+# a step 1.19-1.23x slower than table_wise in `benchmarks/train_throughput.py`.
+WHOLE_TABLES_FIRST_DEVICES = ("cpu",)
 
 
 def pooling_factors(
@@ -226,3 +235,70 @@ def build_planner(
         debug=False,
         callbacks=list(callbacks),
     )
+
+
+def plan_attempts(
+    constraints: dict[str, ParameterConstraints],
+    sharding_cfg: ShardingConfig,
+    device_type: str,
+    world_size: int,
+    table_sizes: Mapping[str, int],
+) -> list[dict[str, ParameterConstraints]]:
+    """The constraint sets to plan with, in order; the first the planner finds a plan for is used.
+
+    On several ranks of a `WHOLE_TABLES_FIRST_DEVICES` device, the tables the recipe leaves open
+    (`sharding.types` empty, not named in `sharding.tables`) are first all held to table_wise or
+    data_parallel; then the largest 1, 2, 4, ... of them get every type back (a table too large to sit
+    whole on one rank is split, the rest stay whole), and last all of them. Elsewhere `constraints`.
+
+    Args:
+        constraints: from `build_constraints`.
+        sharding_cfg: the `[sharding]` section.
+        device_type: "cpu" or "cuda".
+        world_size: ranks of the plan.
+        table_sizes: table name -> weights (rows x dim), to relax the largest first.
+    """
+    if device_type not in WHOLE_TABLES_FIRST_DEVICES or world_size == 1 or sharding_cfg.types:
+        return [constraints]
+    open_tables = sorted(
+        (table for table in constraints if table not in sharding_cfg.tables),
+        key=lambda table: (-table_sizes.get(table, 0), table),
+    )
+
+    def whole_except(relaxed: set[str]) -> dict[str, ParameterConstraints]:
+        return {
+            table: dataclasses.replace(
+                constraint,
+                sharding_types=[t for t in constraint.sharding_types or () if t in ONE_RANK_TYPES],
+            )
+            if table in open_tables and table not in relaxed
+            else constraint
+            for table, constraint in constraints.items()
+        }
+
+    attempts, count = [whole_except(set())], 1
+    while count < len(open_tables):
+        attempts.append(whole_except(set(open_tables[:count])))
+        count *= 2
+    attempts.append(constraints)
+    return [attempt for index, attempt in enumerate(attempts) if attempt not in attempts[:index]]
+
+
+def first_plan(
+    make_planner: Callable[[dict[str, ParameterConstraints]], EmbeddingShardingPlanner],
+    attempts: Sequence[dict[str, ParameterConstraints]],
+    module: torch.nn.Module,
+    sharders: list,
+) -> ShardingPlan:
+    """The plan of the first of `attempts` (see `plan_attempts`) the planner finds one for.
+
+    Raises:
+        PlannerError: the last attempt's, when none has a plan.
+    """
+    for index, constraints in enumerate(attempts):
+        try:
+            return make_planner(constraints).plan(module, sharders)
+        except PlannerError:
+            if index == len(attempts) - 1:
+                raise
+    raise ValueError("no constraints to plan with")

@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torchrec.optim as trec_optim
 from torch import nn
 from torch.distributed.optim import _apply_optimizer_in_backward
+from torchrec.distributed.collective_utils import invoke_on_rank_and_broadcast_result
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import (
     DataParallelWrapper,
@@ -39,7 +40,14 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from dlrm_dist.config import SHARDING_TYPES, OptimConfig, ShardingConfig
 from dlrm_dist.distributed import DistContext
-from dlrm_dist.planning import build_constraints, build_planner, live_cluster, pooling_factors
+from dlrm_dist.planning import (
+    build_constraints,
+    build_planner,
+    first_plan,
+    live_cluster,
+    plan_attempts,
+    pooling_factors,
+)
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,16 @@ def _table_features(module: nn.Module) -> dict[str, list[str]]:
     }
 
 
+def table_sizes(module: nn.Module) -> dict[str, int]:
+    """Rows x dim of each embedding table of `module`, keyed by table name."""
+    return {
+        config.name: config.num_embeddings * config.embedding_dim
+        for submodule in module.modules()
+        if isinstance(submodule, EmbeddingBagCollection)
+        for config in submodule.embedding_bag_configs()
+    }
+
+
 def prepare_planning(
     train_module: nn.Module,
     sharding_cfg: ShardingConfig,
@@ -225,15 +243,29 @@ def shard_model(
     sharders, constraints = prepare_planning(
         train_module, sharding_cfg, optim_cfg, ctx.device.type, ids_per_bag, ctx.world_size
     )
-    planner = build_planner(live_cluster(ctx), batch_size_per_rank, constraints)
-    plan = planner.collective_plan(train_module, sharders, dist.GroupMember.WORLD)
+    cluster = live_cluster(ctx)
+    attempts = plan_attempts(
+        constraints, sharding_cfg, ctx.device.type, ctx.world_size, table_sizes(train_module)
+    )
+
+    def collective_plan(attempts: list[dict[str, ParameterConstraints]]) -> ShardingPlan:
+        # Planned on rank 0 and broadcast, as TorchRec's `collective_plan` does, trying `attempts` in turn.
+        return invoke_on_rank_and_broadcast_result(
+            dist.GroupMember.WORLD,
+            0,
+            first_plan,
+            lambda attempt: build_planner(cluster, batch_size_per_rank, attempt),
+            attempts,
+            train_module,
+            sharders,
+        )
+
+    plan = collective_plan(attempts)
     if trained_types and _replication_changed(plan, trained_types):
         # A resume on another layout: plan again with each table kept on its side of the optimizer
         # (every rank decides alike, from the broadcast plan). Planning unpinned first keeps a resume on
         # the same layout on exactly the plan it had.
-        pinned = pin_replication(constraints, trained_types)
-        planner = build_planner(live_cluster(ctx), batch_size_per_rank, pinned)
-        plan = planner.collective_plan(train_module, sharders, dist.GroupMember.WORLD)
+        plan = collective_plan([pin_replication(attempt, trained_types) for attempt in attempts])
     wrapper = OneRankWrapper() if ctx.world_size == 1 else DefaultDataParallelWrapper()
     model = DistributedModelParallel(
         module=train_module, device=ctx.device, plan=plan, sharders=sharders, data_parallel_wrapper=wrapper

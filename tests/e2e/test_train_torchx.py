@@ -21,6 +21,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from data_prep.oracle import oracle_auc
+from dlrm_dist.config import SHARDING_TYPES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -103,11 +104,14 @@ def test_torchx_two_rank_run_writes_metrics_and_tensorboard(prepared_synth, tmp_
 def _torchx_train(
     prepared: Path, run_dir: Path, *extra: str, jobs: str = "1x2", train_args: tuple[str, ...] = ()
 ) -> subprocess.Popen:
+    # Every type named, so that the planner chooses among all of them as on GPUs (left open, several CPU
+    # ranks keep tables whole first): then two hosts of one rank shard otherwise than one host of two.
     command = [
         str(BIN / "torchx"), "run", "-s", "local_cwd", "launch/components.py:train", "-j", jobs, *extra, "--",
         "--config", "configs/tiny.toml", "--data", str(prepared), "--run-dir", str(run_dir),
         "--metrics.progress_bar=false", "--training.device=cpu", "--checkpoint.every_steps=2",
-        "--training.batch_size=256", "--metrics.tensorboard=false", *train_args,
+        "--training.batch_size=256", "--metrics.tensorboard=false", f"--sharding.types={','.join(SHARDING_TYPES)}",
+        *train_args,
     ]  # fmt: skip
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     return subprocess.Popen(

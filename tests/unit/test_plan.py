@@ -14,8 +14,8 @@ from dlrm_dist.config import EvalConfig, ModelConfig, load_config
 from dlrm_dist.models import build_model
 from dlrm_dist.models.train_module import CTRTrainModule
 from dlrm_dist.plan import main, plan_cluster
-from dlrm_dist.planning import ClusterShape
-from dlrm_dist.sharding import prepare_planning
+from dlrm_dist.planning import ClusterShape, plan_attempts
+from dlrm_dist.sharding import prepare_planning, table_sizes
 from dlrm_dist.trainer import data_features, eval_interval, planner_ids_per_bag
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -144,6 +144,33 @@ def test_one_rank_plans_tables_whole_unless_the_recipe_says_otherwise(device_typ
     module = CTRTrainModule(build_model(_tiny_cfg().model, sizes, dense_device=torch.device("meta")))
     _, constraints = prepare_planning(module, _tiny_cfg().sharding, _tiny_cfg().optim, device_type, None, 2)
     assert "table_row_wise" in constraints["C1"].sharding_types
+
+
+def test_several_cpu_ranks_keep_open_tables_whole_and_split_only_what_cannot_fit():
+    def types(report) -> dict[str, str]:
+        return {option.name: option.sharding_type for option in report.options}
+
+    two_cpu_ranks = ClusterShape(
+        world_size=2, local_world_size=2, device_type="cpu", hbm_bytes=0, ddr_bytes=GIB
+    )
+    whole = types(plan_cluster(_tiny_cfg(), [100_000] * 26, two_cpu_ranks, batch_size_per_rank=256))
+    assert set(whole.values()) <= {"table_wise", "data_parallel"} and len(whole) == 26
+    # 10M rows x 16 floats, and as much Adagrad state, is 1.2 GiB: too much for one rank's 1 GiB, so C1
+    # alone is split over both ranks.
+    sizes = [10_000_000] + [100_000] * 25
+    fallback = types(plan_cluster(_tiny_cfg(), sizes, two_cpu_ranks, batch_size_per_rank=256))
+    assert fallback["C1"] in ("row_wise", "table_row_wise", "column_wise")
+    assert {fallback[name] for name in fallback if name != "C1"} <= {"table_wise", "data_parallel"}
+    # A recipe's own types are honoured as given, and GPUs keep the planner's full choice.
+    named = types(plan_cluster(_tiny_cfg("--sharding.types=row_wise"), [100_000] * 26, two_cpu_ranks, 256))
+    assert set(named.values()) == {"row_wise"}
+    module = CTRTrainModule(build_model(_tiny_cfg().model, [100_000] * 26, dense_device=torch.device("meta")))
+    cfg = _tiny_cfg()
+    _, constraints = prepare_planning(module, cfg.sharding, cfg.optim, "cuda", None, 2)
+    sizes = table_sizes(module)
+    assert plan_attempts(constraints, cfg.sharding, "cuda", 2, sizes) == [constraints]
+    # All whole, then the largest 1, 2, 4, 8 and 16 of the 26 open, then all open.
+    assert len(plan_attempts(constraints, cfg.sharding, "cpu", 2, sizes)) == 7
 
 
 def test_multi_hot_sizes_become_the_planners_pooling_factors():
