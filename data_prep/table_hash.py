@@ -90,15 +90,15 @@ def hash_dictionary(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.
         encoded = pa.DictionaryArray.from_arrays(values.indices, values.dictionary.cast(pa.binary()))
     else:
         encoded = pc.dictionary_encode(values.cast(pa.binary()))
-    distinct = np.zeros(len(encoded.dictionary) + 1, np.uint64)
+    hashes = np.zeros(len(encoded.dictionary) + 1, np.uint64)
     if len(encoded.dictionary):
-        distinct[:-1] = _distinct_hashes(encoded.dictionary)
+        hashes[:-1] = _distinct_hashes(encoded.dictionary)
         empty = pc.equal(pc.binary_length(encoded.dictionary), 0).to_numpy(zero_copy_only=False)
-        distinct[:-1][empty] = MISSING
+        hashes[:-1][empty] = MISSING
     # int32 first: a Parquet dictionary column may keep narrower indices, in which the null slot's
     # index (the dictionary's length) need not fit.
     indices = encoded.indices.cast(pa.int32()).fill_null(len(encoded.dictionary)).to_numpy()
-    return distinct, indices
+    return hashes, indices
 
 
 def hash_values(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -106,8 +106,8 @@ def hash_values(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     values give 0 (missing)."""
     if len(values) == 0:
         return np.zeros(0, np.uint64)
-    distinct, indices = hash_dictionary(values)
-    return distinct[indices]
+    hashes, indices = hash_dictionary(values)
+    return hashes[indices]
 
 
 def split_bounds(fractions: tuple[float, float, float]) -> tuple[int, int]:

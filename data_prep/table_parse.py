@@ -347,8 +347,8 @@ def _clean(
             arrays[f"c{index}"] = _bags(column, separators[name])
         else:
             text = column if pa.types.is_dictionary(column.type) else _text(column)
-            distinct, indices = hash_dictionary(text)
-            arrays[f"c{index}"] = pa.DictionaryArray.from_arrays(pa.array(indices), pa.array(distinct))
+            hashes, indices = hash_dictionary(text)
+            arrays[f"c{index}"] = pa.DictionaryArray.from_arrays(pa.array(indices), pa.array(hashes))
     return ParsedTable(pa.table(arrays), num_lines, bad)
 
 

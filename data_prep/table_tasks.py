@@ -190,13 +190,13 @@ def _ids(
     """Ids of column `index`'s hashes; `distinct`: the hashes of a chunk's dictionary (few repeats)."""
     if vocabularies is not None:
         kept = vocabularies[index]
-        if distinct and len(kept) > len(hashes):
-            return encode.vocab_ids(hashes, kept)
         if len(kept) <= len(hashes):
             # A hash-table lookup of each row (pyarrow builds the table from the vocabulary per call,
             # which costs less than the rows' lookups while the vocabulary is not larger than them).
             found = pc.index_in(pa.array(hashes), value_set=pa.array(kept)).fill_null(-1)
             return (found.to_numpy() + 1).astype(np.int32)
+        if distinct:
+            return encode.vocab_ids(hashes, kept)
         # A large vocabulary: a binary search per distinct value of the row group (pyarrow's hash-based
         # dictionary encoding finds them in one pass), not per row.
         encoded = pc.dictionary_encode(pa.array(hashes))
