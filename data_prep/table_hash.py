@@ -97,8 +97,10 @@ def hash_dictionary(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.
         hashes[:-1][empty] = MISSING
     # int32 first: a Parquet dictionary column may keep narrower indices, in which the null slot's
     # index (the dictionary's length) need not fit.
-    indices = encoded.indices.cast(pa.int32()).fill_null(len(encoded.dictionary)).to_numpy()
-    return hashes, indices
+    indices = encoded.indices.cast(pa.int32())
+    if indices.null_count:
+        indices = indices.fill_null(len(encoded.dictionary))
+    return hashes, indices.to_numpy()
 
 
 def hash_values(values: pa.Array | pa.ChunkedArray) -> np.ndarray:

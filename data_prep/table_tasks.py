@@ -143,15 +143,21 @@ def read_piece(piece: Piece, fractions: tuple[float, float, float], seed: int) -
     return table.slice(start, stop - start)
 
 
-def _values(column: pa.ChunkedArray) -> np.ndarray:
-    if pa.types.is_list(column.type):
-        return pc.list_flatten(column).to_numpy()
+def _counts(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """The (hash, count) pairs of a staged categorical column's values, missing (hash 0) left out."""
     if pa.types.is_dictionary(column.type):
-        return np.concatenate(
-            [np.zeros(0, np.uint64)]
-            + [chunk.dictionary.to_numpy()[chunk.indices.to_numpy()] for chunk in column.chunks]
-        )
-    return column.to_numpy()
+        # Counted per dictionary entry (a bincount of the indices) rather than by gathering and sorting
+        # every row's hash: a chunk's rows hold far fewer distinct hashes than rows.
+        hashes = [np.zeros(0, np.uint64)] + [chunk.dictionary.to_numpy() for chunk in column.chunks]
+        counts = [np.zeros(0, np.int64)] + [
+            np.bincount(chunk.indices.to_numpy(), minlength=len(chunk.dictionary)) for chunk in column.chunks
+        ]
+        values, totals = np.concatenate(hashes), np.concatenate(counts)
+        # Distinct strings may share a hash, and the null slot and empty strings are both 0.
+        keep = (totals > 0) & (values != 0)
+        return encode.sum_counts(values[keep], totals[keep])
+    values = pc.list_flatten(column).to_numpy() if pa.types.is_list(column.type) else column.to_numpy()
+    return np.unique(values[values != 0], return_counts=True)
 
 
 def count_train_rows(
@@ -159,14 +165,18 @@ def count_train_rows(
 ) -> dict[str, Any]:
     """Spills the (hash, count) pairs of each categorical column of train rows; missing is not counted."""
     # Piece by piece, not concatenated: a chunk staged before one-hot columns became dictionaries (a
-    # resumed older run) has plain uint64 columns, which `_values` reads as well.
+    # resumed older run) has plain uint64 columns, which `_counts` reads as well.
     tables = [read_piece(piece, fractions, seed) for piece in pieces]
-    columns = []
+    pairs = []
     for index in range(num_categorical):
-        parts = [_values(table.column(f"c{index}")) for table in tables]
-        values = np.concatenate([np.zeros(0, np.uint64), *parts])
-        columns.append(values[values != 0])
-    encode.count_chunk(columns, Path(out_prefix), value_dtype=np.uint64)
+        parts = [_counts(table.column(f"c{index}")) for table in tables]
+        if len(parts) == 1:
+            pairs.append(parts[0])
+        else:
+            values = np.concatenate([np.zeros(0, np.uint64)] + [values for values, _ in parts])
+            counts = np.concatenate([np.zeros(0, np.int64)] + [counts for _, counts in parts])
+            pairs.append(encode.sum_counts(values, counts))
+    encode.spill_counts(pairs, Path(out_prefix), value_dtype=np.uint64)
     return {"rows": sum(table.num_rows for table in tables)}
 
 
@@ -251,7 +261,7 @@ def write_shard(
     `bag_stats_path` (train shards with multi-hot features) receives the shard's rows and the sum and
     maximum of each multi-hot column's bag lengths, before the shard is renamed into place.
     """
-    vocabularies = [np.load(path, mmap_mode="r") for path in vocab_paths] if vocab_paths else None
+    vocabularies = [encode.load_vocabulary(path) for path in vocab_paths] if vocab_paths else None
     temporary = out_path + ".tmp"
     rows = 0
     sums: list[int] = []
