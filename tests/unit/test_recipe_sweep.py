@@ -51,3 +51,20 @@ def test_grids_hold_the_recipe_and_no_duplicates(sweep):
         keys = [tuple(sorted(point.items())) for point in grid]
         assert len(set(keys)) == len(keys), name
         assert sweep.RECIPE in grid, name
+
+
+def test_a_data_set_of_several_splits_scores_the_mean_of_its_splits(sweep, tmp_path, monkeypatch):
+    trained = {}
+
+    def fake_train(self, key, prepared, point):
+        trained[key] = prepared
+        return {"a": 0.70, "b": 0.74, "c": 0.75}[prepared.name]
+
+    monkeypatch.setattr(sweep.Sweep, "_train", fake_train)
+    runs = sweep.Sweep(tmp_path, nproc_per_node=2)
+    splits = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
+    auc = runs.val_auc("criteo-sample-5split", 1000, splits, sweep.RECIPE)
+    assert auc == pytest.approx(0.73)
+    # One cached run per split, each under its own key.
+    assert sorted(key.rsplit(" ", 1)[1] for key in trained) == ["split=0", "split=1", "split=2"]
+    assert list(trained.values()) == splits
