@@ -25,9 +25,11 @@ Data sets (`DATASETS`; the synthetic ones are `dlrm-prep synth` with knobs, `--r
                      skipped when the directory or the command is absent.
 
 Grid (`GRIDS`): `full` crosses the embedding optimizer and rate with the dense optimizer and rate and
-varies batch size and warmup around the recipe; `quick` is 13 points of it. Rates are stated for batch
-1024 (`optim.reference_batch_size`) and scale with the batch as the recipe says. Each run is cached in
-WORKDIR/results.json under (data set, rows, settings), so an interrupted sweep continues.
+varies batch size and warmup around the recipe; `quick` is 41 points: six rate points crossed with
+warmup (100 steps, none, 10/30/60/80% of the run), the recipe at batch 2048, and the dense rate and
+batch size around its minimax point. Rates are stated for batch 1024 (`optim.reference_batch_size`)
+and scale with the batch as the recipe says. Each run is cached in WORKDIR/results.json under (data
+set, rows, settings), so an interrupted sweep continues.
 
     .venv/bin/python benchmarks/recipe_sweep.py [--workdir /tmp/recipe-sweep-multi] [--quick]
         [--rows N] [--grid full|quick] [--datasets a,b,...] [--nproc-per-node N]
@@ -111,11 +113,22 @@ def _quick_grid() -> list[dict[str, object]]:
     crossed = [_point(*rate, optim__warmup_steps=warmup) for warmup in (100, 0) for rate in rates]
     shares = [
         _point(*rate, optim__warmup_steps=0, optim__warmup_fraction=share)
-        for share in (0.1, 0.3, 0.6)
+        for share in (0.1, 0.3, 0.6, 0.8)
         for rate in rates
     ]
     recipe = (("adagrad", 0.02), ("adam", 0.004))
-    return [*crossed, _point(*recipe, training__batch_size=2048), *shares]
+    # Around the minimax point of the grid without them (embedding rate 0.05, warmup 60%): the dense
+    # rate and the batch size, which the crossed points do not vary there.
+    centre = (("adagrad", 0.05), ("adam", 0.004))
+    around = [
+        _point(centre[0], ("adam", lr), optim__warmup_steps=0, optim__warmup_fraction=0.6)
+        for lr in (0.002, 0.008)
+    ]
+    around += [
+        _point(*centre, optim__warmup_steps=0, optim__warmup_fraction=0.6, training__batch_size=size)
+        for size in (512, 2048)
+    ]
+    return [*crossed, _point(*recipe, training__batch_size=2048), *shares, *around]
 
 
 GRIDS: dict[str, Callable[[], list[dict[str, object]]]] = {"full": _full_grid, "quick": _quick_grid}
