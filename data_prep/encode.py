@@ -103,6 +103,18 @@ def _load(prefix: Path, suffix: str) -> np.ndarray:
     return np.load(prefix.with_name(prefix.name + f".{suffix}.npy"), mmap_mode="r")
 
 
+def count_slices(count_prefixes: list[Path], columns: list[int]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Each column's (values, counts) pairs in each spilled chunk, memory-mapped: per column, one
+    (values, counts) slice per prefix. The chunk files are opened once for all `columns`."""
+    per_column: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in columns]
+    for prefix in count_prefixes:
+        offsets, values, counts = (_load(prefix, suffix) for suffix in ("offsets", "values", "counts"))
+        for slices, column in zip(per_column, columns, strict=True):
+            start, stop = int(offsets[column]), int(offsets[column + 1])
+            slices.append((values[start:stop], counts[start:stop]))
+    return per_column
+
+
 def reduce_column(
     count_prefixes: list[Path], column: int, min_count: int, memory_budget: int, value_bits: int = 32
 ) -> tuple[np.ndarray, int]:
@@ -119,11 +131,14 @@ def reduce_column(
         (kept_values, num_partitions): the sorted uint32 values that get ids 1..n, and how many
         value-range partitions the reduce used (1 for data that fits the budget at once).
     """
-    slices = []
-    for prefix in count_prefixes:
-        offsets = _load(prefix, "offsets")
-        start, stop = int(offsets[column]), int(offsets[column + 1])
-        slices.append((_load(prefix, "values")[start:stop], _load(prefix, "counts")[start:stop]))
+    (slices,) = count_slices(count_prefixes, [column])
+    return reduce_slices(slices, min_count, memory_budget, value_bits)
+
+
+def reduce_slices(
+    slices: list[tuple[np.ndarray, np.ndarray]], min_count: int, memory_budget: int, value_bits: int = 32
+) -> tuple[np.ndarray, int]:
+    """`reduce_column` of one column's slices from `count_slices`."""
     total_pairs = sum(len(values) for values, _ in slices)
     partition_bits = 0
     while (total_pairs >> partition_bits) * _BYTES_PER_PAIR > memory_budget and partition_bits < 16:

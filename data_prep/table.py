@@ -308,21 +308,23 @@ def _vocab_phase(options: TableOptions, spec: TableSpec, plan: dict, work: Path,
     vocab_dir = Path(options.out) / "vocab"
     vocab_dir.mkdir(exist_ok=True)
     paths = [str(vocab_dir / f"{index:04d}.npy") for index in range(len(spec.categorical))]
-    budget = options.vocab_memory_bytes
+    missing = [index for index, path in enumerate(paths) if not Path(path).exists()]
+    # One task per worker, the columns dealt round robin (neighbouring columns often differ in size):
+    # each task opens every chunk's spilled counts once for all its columns.
+    groups = [missing[start :: options.workers] for start in range(min(options.workers, len(missing)))]
     calls = [
         {
             "count_prefixes": prefixes,
-            "column": index,
+            "columns": group,
             "min_count": options.vocab_min_count,
-            "memory_budget": budget,
-            "out_path": path,
+            "memory_budget": options.vocab_memory_bytes,
+            "out_paths": [paths[index] for index in group],
         }
-        for index, path in enumerate(paths)
-        if not Path(path).exists()
+        for group in groups
     ]
     with progress_bar(options, "vocab", len(paths), "cols") as bar:
-        bar.update(len(paths) - len(calls))
-        runner.map(table_tasks.build_vocab_column, calls, lambda result: bar.update(1))
+        bar.update(len(paths) - len(missing))
+        runner.map(table_tasks.build_vocab_columns, calls, lambda result: bar.update(len(result["columns"])))
     return paths
 
 

@@ -180,14 +180,20 @@ def count_train_rows(
     return {"rows": sum(table.num_rows for table in tables)}
 
 
-def build_vocab_column(
-    count_prefixes: list[str], column: int, min_count: int, memory_budget: int, out_path: str
+def build_vocab_columns(
+    count_prefixes: list[str], columns: list[int], min_count: int, memory_budget: int, out_paths: list[str]
 ) -> dict[str, Any]:
-    kept, _ = encode.reduce_column([Path(p) for p in count_prefixes], column, min_count, memory_budget, 64)
-    temporary = out_path + ".tmp.npy"
-    np.save(temporary, kept)
-    os.replace(temporary, out_path)
-    return {"column": column, "kept": len(kept)}
+    """Writes the vocabulary of each of `columns` (the spilled counts of each chunk are opened once for
+    all of them)."""
+    per_column = encode.count_slices([Path(p) for p in count_prefixes], columns)
+    kept_sizes = []
+    for slices, out_path in zip(per_column, out_paths, strict=True):
+        kept, _ = encode.reduce_slices(slices, min_count, memory_budget, 64)
+        temporary = out_path + ".tmp.npy"
+        np.save(temporary, kept)
+        os.replace(temporary, out_path)
+        kept_sizes.append(len(kept))
+    return {"columns": columns, "kept": kept_sizes}
 
 
 def _ids(
