@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 ENCODINGS = ("hash", "vocab")
-# Bytes one (value, count) pair costs during the reduce: the uint32 value, the int64 count, and the
-# sort and inverse arrays np.unique builds for them.
-_BYTES_PER_PAIR = 32
+# Bytes one (value, count) pair costs during the reduce: the value (8 bytes in `dlrm-prep table`) and
+# its uint32 count, gathered from the chunks, then `sum_counts`'s sort order (8), the sorted value and
+# count and the count widened to int64, and the run boundaries.
+_BYTES_PER_PAIR = 48
 # Vocabularies up to this size are read whole rather than memory-mapped: each shard writer maps them
 # afresh, and a fresh mapping faults its pages in one by one during the lookups. On the 1M-row table of
 # `benchmarks/prep_throughput.py` (20 columns, up to 36k kept values) the mapped lookups took 147 ms of
@@ -68,10 +69,21 @@ def count_chunk(columns: list[np.ndarray], out_prefix: Path, value_dtype: type =
     spill_counts([np.unique(column, return_counts=True) for column in columns], out_prefix, value_dtype)
 
 
-def sum_counts(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(values, counts) pairs with repeated values, as the sorted distinct values and their summed counts."""
-    distinct, inverse = np.unique(values, return_inverse=True)
-    return distinct, np.bincount(inverse, weights=counts, minlength=len(distinct)).astype(np.int64)
+def sum_counts(
+    values: np.ndarray, counts: np.ndarray, sorted_runs: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """(values, counts) pairs with repeated values, as the sorted distinct values and their summed counts
+    (int64).
+
+    `sorted_runs`: the pairs are a concatenation of runs sorted by value (one per chunk), which a stable
+    sort (timsort) merges in far fewer steps than a sort of shuffled values takes.
+    """
+    order = np.argsort(values, kind="stable" if sorted_runs else None)
+    ordered = values[order]
+    if len(ordered) == 0:
+        return ordered, np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    return ordered[starts], np.add.reduceat(counts[order].astype(np.int64), starts)
 
 
 def spill_counts(pairs: list[tuple[np.ndarray, np.ndarray]], out_prefix: Path, value_dtype: type) -> None:
@@ -164,8 +176,7 @@ def reduce_slices(
         merged_values = np.concatenate(part_values)
         if len(merged_values) == 0:
             continue
-        distinct, inverse = np.unique(merged_values, return_inverse=True)
-        totals = np.bincount(inverse, weights=np.concatenate(part_counts), minlength=len(distinct))
+        distinct, totals = sum_counts(merged_values, np.concatenate(part_counts), sorted_runs=True)
         kept.append(distinct[totals >= min_count])
     kept_values = np.concatenate(kept).astype(value_type) if kept else np.zeros(0, value_type)
     return kept_values, 1 << partition_bits

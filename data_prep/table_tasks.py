@@ -175,7 +175,7 @@ def count_train_rows(
         else:
             values = np.concatenate([np.zeros(0, np.uint64)] + [values for values, _ in parts])
             counts = np.concatenate([np.zeros(0, np.int64)] + [counts for _, counts in parts])
-            pairs.append(encode.sum_counts(values, counts))
+            pairs.append(encode.sum_counts(values, counts, sorted_runs=True))
     encode.spill_counts(pairs, Path(out_prefix), value_dtype=np.uint64)
     return {"rows": sum(table.num_rows for table in tables)}
 
