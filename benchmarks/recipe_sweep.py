@@ -25,9 +25,9 @@ Data sets (`DATASETS`; the synthetic ones are `dlrm-prep synth` with knobs, `--r
                      skipped when the directory or the command is absent.
 
 Grid (`GRIDS`): `full` crosses the embedding optimizer and rate with the dense optimizer and rate and
-varies batch size and warmup around the recipe; `quick` is 41 points: six rate points crossed with
-warmup (100 steps, none, 10/30/60/80% of the run), the recipe at batch 2048, and the dense rate and
-batch size around its minimax point. Rates are stated for batch 1024 (`optim.reference_batch_size`)
+varies batch size and warmup around the recipe; `quick` is 48 points: six rate points crossed with
+warmup (100 steps, none, 10/30/60/80% of the run), the recipe at batch 2048, and points one step away
+along each axis from its minimax points. Rates are stated for batch 1024 (`optim.reference_batch_size`)
 and scale with the batch as the recipe says. Each run is cached in WORKDIR/results.json under (data
 set, rows, settings), so an interrupted sweep continues.
 
@@ -117,18 +117,33 @@ def _quick_grid() -> list[dict[str, object]]:
         for rate in rates
     ]
     recipe = (("adagrad", 0.02), ("adam", 0.004))
-    # Around the minimax point of the grid without them (embedding rate 0.05, warmup 60%): the dense
-    # rate and the batch size, which the crossed points do not vary there.
-    centre = (("adagrad", 0.05), ("adam", 0.004))
-    around = [
-        _point(centre[0], ("adam", lr), optim__warmup_steps=0, optim__warmup_fraction=0.6)
-        for lr in (0.002, 0.008)
-    ]
-    around += [
-        _point(*centre, optim__warmup_steps=0, optim__warmup_fraction=0.6, training__batch_size=size)
-        for size in (512, 2048)
-    ]
+    # Around the minimax point of the grid without them (embedding rate 0.05, Adam 0.004, warmup 60%):
+    # the dense rate and the batch size, which the crossed points do not vary there; then, around the
+    # minimax point that this gave (Adam 0.008), one step along every axis.
+    around = _around(("adagrad", 0.05), ("adam", 0.004), 0.6, lrs=(0.002, 0.008), sizes=(512, 2048))
+    around += _around(("adagrad", 0.05), ("adam", 0.008), 0.6, embedding_lrs=(0.02, 0.1), lrs=(0.016,),
+                      shares=(0.3, 0.8), sizes=(512, 2048))  # fmt: skip
     return [*crossed, _point(*recipe, training__batch_size=2048), *shares, *around]
+
+
+def _around(
+    embedding: tuple[str, float],
+    dense: tuple[str, float],
+    share: float,
+    embedding_lrs: tuple[float, ...] = (),
+    lrs: tuple[float, ...] = (),
+    shares: tuple[float, ...] = (),
+    sizes: tuple[int, ...] = (),
+) -> list[dict[str, object]]:
+    """Points that differ from (embedding, dense, warmup `share`, batch 1024) along one axis each."""
+    warmup = {"optim__warmup_steps": 0, "optim__warmup_fraction": share}
+    points = [_point((embedding[0], lr), dense, **warmup) for lr in embedding_lrs]
+    points += [_point(embedding, (dense[0], lr), **warmup) for lr in lrs]
+    points += [
+        _point(embedding, dense, optim__warmup_steps=0, optim__warmup_fraction=other) for other in shares
+    ]
+    points += [_point(embedding, dense, **warmup, training__batch_size=size) for size in sizes]
+    return points
 
 
 GRIDS: dict[str, Callable[[], list[dict[str, object]]]] = {"full": _full_grid, "quick": _quick_grid}
@@ -321,6 +336,8 @@ def edge_warnings(grid: list[dict[str, object]], winner: dict[str, object]) -> l
     grid = [{**DEFAULTS, **point} for point in grid]
     winner = {**DEFAULTS, **winner}
     for axis in AXES:
+        if axis == "optim.warmup_steps" and winner["optim.warmup_fraction"]:
+            continue  # warmup in steps cannot be combined with a warmup share: not an axis there
         line = [point[axis] for point in grid if all(point[k] == winner[k] for k in point if k != axis)]
         if len(line) < 2:
             warnings.append(f"{axis} = {winner[axis]} was not varied around this point")
