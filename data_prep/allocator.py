@@ -1,17 +1,18 @@
 """Keeps memory a run has freed for its next chunk, instead of handing it back to the OS at once.
 
 Each phase of a prep run allocates and frees buffers of the same sizes chunk after chunk (a chunk's bytes,
-its parsed columns, their hashes and ids). By default both allocators in play return freed memory to the
-OS right away, so the next chunk faults the same memory in again:
+its parsed columns, their hashes and ids). By default the allocators in play give freed memory back to
+the OS soon, so the next chunk faults the same amount in again:
   - pyarrow's mimalloc purges freed pages after 10 ms (`MIMALLOC_PURGE_DELAY`);
   - glibc's malloc, numpy's, unmaps every block above its mmap threshold when it is freed (the threshold
     grows with use, but starts at 128 KiB in each new process);
   - numpy asks for transparent huge pages for every array of 4 MiB or more (`NUMPY_MADVISE_HUGEPAGE`),
     and each huge page is zeroed whole when it is first touched.
-A page fault is costly on virtual machines in particular: `dlrm-prep table` on the 1M-row benchmark CSV
-(`benchmarks/prep_throughput.py`), 1 worker, took 88k faults and a median 2.74 s by default, against 28k
-faults and 2.45 s with the first two settings (4 alternating runs each); without numpy's huge pages as
-well, 2.52-2.64 s against 2.67-2.85 s (4 runs each, at a slower hour of the same machine).
+Page faults are costly on virtual machines in particular. On the 2-core VM this was measured on, 50 MB
+of fresh memory took 320-580 ms to touch and 9 ms once reused, and `dlrm-prep table` on the 1M-row
+benchmark CSV (`benchmarks/prep_throughput.py`, vocabulary, 1 worker) took 88k faults and a median
+2.74 s by default against 28k faults and 2.45 s with the first two settings (4 alternating runs each);
+without numpy's huge pages as well, 2.52-2.64 s against 2.67-2.85 s (4 runs each, at a slower hour).
 
 Memory stays bounded: what is kept is what the run already used and will reuse (peak RSS 292 MB against
 263 MB in those runs). A setting the user has made in the environment wins.

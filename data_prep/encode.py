@@ -29,8 +29,8 @@ ENCODINGS = ("hash", "vocab")
 _BYTES_PER_PAIR = 48
 # Vocabularies up to this size are read whole rather than memory-mapped: each shard writer maps them
 # afresh, and a fresh mapping faults its pages in one by one during the lookups. On the 1M-row table of
-# `benchmarks/prep_throughput.py` (20 columns, up to 36k kept values) the mapped lookups took 147 ms of
-# a run, about ten times their cost once the pages are in.
+# `benchmarks/prep_throughput.py` (20 columns, up to 36k kept values) the lookups took 134 ms of a run
+# read, 147 ms mapped (most of it was then the binary search, see `vocab_ids`).
 _READ_VOCABULARY_BYTES = 16 << 20
 
 
