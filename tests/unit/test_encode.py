@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from data_prep import encode
 from data_prep.allocator import keep_freed_memory
-from data_prep.table_tasks import _counts
+from data_prep.table_tasks import _counts, build_vocab_columns
 
 # A small pool, so that lookups find some values and counts repeat.
 values_of_pool = st.lists(st.integers(0, 40).map(lambda v: v * 7919), max_size=300)
@@ -62,3 +62,25 @@ def test_keep_freed_memory_sets_defaults_and_leaves_the_users_settings(monkeypat
     keep_freed_memory()
     assert os.environ["MIMALLOC_PURGE_DELAY"] == "-1"
     assert os.environ["NUMPY_MADVISE_HUGEPAGE"] == "1"
+
+
+def test_vocabulary_columns_built_together_equal_each_built_alone(tmp_path):
+    rng = np.random.default_rng(0)
+    prefixes = []
+    for chunk in range(3):
+        pairs = [
+            encode.sum_counts(rng.integers(1, 50, 400).astype(np.uint64), np.ones(400, np.int64))
+            for _ in range(4)
+        ]
+        prefix = tmp_path / f"chunk{chunk}"
+        encode.spill_counts(pairs, prefix, np.uint64)
+        prefixes.append(prefix)
+    out_paths = [str(tmp_path / "c1.npy"), str(tmp_path / "c3.npy")]
+    result = build_vocab_columns([str(p) for p in prefixes], [1, 3], 30, 1 << 20, out_paths)
+    assert result["columns"] == [1, 3]
+    for column, path in zip([1, 3], out_paths, strict=True):
+        # A 64-byte budget forces the partitioned reduce on this side, one partition per few pairs.
+        alone, partitions = encode.reduce_column(prefixes, column, 30, 64, 64)
+        assert partitions > 1
+        assert np.load(path).tolist() == alone.tolist()
+        assert 0 < len(alone) < 49
