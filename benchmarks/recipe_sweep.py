@@ -25,9 +25,9 @@ Data sets (`DATASETS`; the synthetic ones are `dlrm-prep synth` with knobs, `--r
                      skipped when the directory or the command is absent.
 
 Grid (`GRIDS`): `full` crosses the embedding optimizer and rate with the dense optimizer and rate and
-varies batch size and warmup around the recipe; `quick` is 51 points: six rate points crossed with
-warmup (100 steps, none, 10/30/60/80% of the run), the recipe at batch 2048, points one step away
-along each axis from its minimax points, and three between its two best. Rates are stated for batch 1024 (`optim.reference_batch_size`)
+varies batch size and warmup around the recipe; `quick` is 59 points: six rate points crossed with
+warmup (100 steps, none, 10/30/60/80% of the run), the recipe at batch 2048, three points between its
+two best, and points one step away along each axis from each minimax point it gave. Rates are stated for batch 1024 (`optim.reference_batch_size`)
 and scale with the batch as the recipe says. Each run is cached in WORKDIR/results.json under (data
 set, rows, settings), so an interrupted sweep continues.
 
@@ -129,6 +129,9 @@ def _quick_grid() -> list[dict[str, object]]:
         _point(("adagrad", embedding_lr), ("adam", lr), optim__warmup_steps=0, optim__warmup_fraction=share)
         for embedding_lr, lr, share in ((0.03, 0.006, 0.45), (0.035, 0.006, 0.5), (0.05, 0.006, 0.45))
     ]
+    # Around the minimax point that gave (embedding 0.035 / Adam 0.006 / warmup 50%), one step each way.
+    around += _around(("adagrad", 0.035), ("adam", 0.006), 0.5, embedding_lrs=(0.025, 0.05), lrs=(0.004, 0.008),
+                      shares=(0.4, 0.6), sizes=(512, 2048))  # fmt: skip
     return [*crossed, _point(*recipe, training__batch_size=2048), *shares, *around, *between]
 
 
