@@ -297,6 +297,9 @@ class Sweep:
     def __init__(self, work: Path, nproc_per_node: int) -> None:
         self.work, self.nproc_per_node = work, nproc_per_node
         self.cache_path = work / "results.json"
+        # Test AUC of each (data set, point) trained so far; None for data sets of several splits,
+        # whose splits have no test rows.
+        self.test_aucs: dict[str, float | None] = {}
         self.results: dict[str, dict] = (
             json.loads(self.cache_path.read_text()) if self.cache_path.exists() else {}
         )
@@ -317,6 +320,7 @@ class Sweep:
             auc = sum(aucs) / len(aucs)
             spread = f" (mean of {len(aucs)} splits, {min(aucs):.4f}..{max(aucs):.4f})"
         print(f"  {dataset:<17} {_describe(point):<48} val AUC {auc:.4f}{spread}", flush=True)
+        self.test_aucs[key] = None if isinstance(prepared, list) else self.results[key]["test"]["auc"]
         return auc
 
     def _train(self, key: str, prepared: Path, point: dict[str, object]) -> float:
@@ -428,6 +432,20 @@ def main(argv: list[str] | None = None) -> int:
             synth_dir = args.workdir / name / "synth"
             half = rows // SYNTH_DAYS // 2
             print(f"{name}: oracle val AUC {oracle_auc(synth_dir, day=SYNTH_DAYS - 1, stop=half):.4f}")
+    # The same rule read on rows it did not choose by: each data set's test split, from the same runs.
+    tests = {name: [] for name in prepared}
+    for point in grid:
+        for name in prepared:
+            settings = " ".join(f"--{key}={value}" for key, value in sorted(point.items()))
+            size = f"@{rows}" if DATASETS[name].synthetic else ""
+            tests[name].append(sweep.test_aucs[f"{name}{size} ranks={nproc_per_node} {settings}"])
+    tests = {name: values for name, values in tests.items() if None not in values}
+    if tests:
+        best_test = {name: max(values) for name, values in tests.items()}
+        held_out = ", ".join(
+            f"{name} {best_test[name] - values[chosen]:.4f}" for name, values in tests.items()
+        )
+        print(f"\nthe minimax point's regret on the test split (rows not used to choose): {held_out}")
     print(f"\nminimax-regret point: {_describe(grid[chosen])}")
     for message in edge_warnings(grid, grid[chosen]):
         print(f"  warning: {message}")
