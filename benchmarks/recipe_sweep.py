@@ -27,9 +27,9 @@ Data sets (`DATASETS`; the synthetic ones are `dlrm-prep synth` with knobs, `--r
 Grid (`GRIDS`): `full` crosses the embedding optimizer and rate with the dense optimizer and rate and
 varies batch size and warmup around the recipe; `quick` is 59 points: six rate points crossed with
 warmup (100 steps, none, 10/30/60/80% of the run), the recipe at batch 2048, three points between its
-two best, and points one step away along each axis from each minimax point it gave. Rates are stated for batch 1024 (`optim.reference_batch_size`)
-and scale with the batch as the recipe says. Each run is cached in WORKDIR/results.json under (data
-set, rows, settings), so an interrupted sweep continues.
+two best, and points one step away along each axis from each minimax point it gave. Rates are stated
+for batch 1024 (`optim.reference_batch_size`) and scale with the batch as the recipe says. Each run is
+cached in WORKDIR/results.json under (data set, rows, settings), so an interrupted sweep continues.
 
     .venv/bin/python benchmarks/recipe_sweep.py [--workdir /tmp/recipe-sweep-multi] [--quick]
         [--rows N] [--grid full|quick] [--datasets a,b,...] [--nproc-per-node N]
@@ -308,10 +308,7 @@ class Sweep:
         self, dataset: str, rows: int, prepared: Path | list[Path], point: dict[str, object]
     ) -> float:
         """The point's val AUC after one epoch; for several splits of a data set, their mean."""
-        settings = " ".join(f"--{name}={value}" for name, value in sorted(point.items()))
-        # Rows are part of the key for synthetic data only; the real data sets have one size.
-        size = f"@{rows}" if DATASETS[dataset].synthetic else ""
-        key = f"{dataset}{size} ranks={self.nproc_per_node} {settings}"
+        key = self.key(dataset, rows, point)
         if isinstance(prepared, Path):
             auc = self._train(key, prepared, point)
             spread = ""
@@ -322,6 +319,13 @@ class Sweep:
         print(f"  {dataset:<17} {_describe(point):<48} val AUC {auc:.4f}{spread}", flush=True)
         self.test_aucs[key] = None if isinstance(prepared, list) else self.results[key]["test"]["auc"]
         return auc
+
+    def key(self, dataset: str, rows: int, point: dict[str, object]) -> str:
+        """The cache key of a run (for several splits, the prefix of each split's key)."""
+        settings = " ".join(f"--{name}={value}" for name, value in sorted(point.items()))
+        # Rows are part of the key for synthetic data only; the real data sets have one size.
+        size = f"@{rows}" if DATASETS[dataset].synthetic else ""
+        return f"{dataset}{size} ranks={self.nproc_per_node} {settings}"
 
     def _train(self, key: str, prepared: Path, point: dict[str, object]) -> float:
         if key not in self.results:
@@ -433,12 +437,7 @@ def main(argv: list[str] | None = None) -> int:
             half = rows // SYNTH_DAYS // 2
             print(f"{name}: oracle val AUC {oracle_auc(synth_dir, day=SYNTH_DAYS - 1, stop=half):.4f}")
     # The same rule read on rows it did not choose by: each data set's test split, from the same runs.
-    tests = {name: [] for name in prepared}
-    for point in grid:
-        for name in prepared:
-            settings = " ".join(f"--{key}={value}" for key, value in sorted(point.items()))
-            size = f"@{rows}" if DATASETS[name].synthetic else ""
-            tests[name].append(sweep.test_aucs[f"{name}{size} ranks={nproc_per_node} {settings}"])
+    tests = {name: [sweep.test_aucs[sweep.key(name, rows, point)] for point in grid] for name in prepared}
     tests = {name: values for name, values in tests.items() if None not in values}
     if tests:
         best_test = {name: max(values) for name, values in tests.items()}
