@@ -2,12 +2,12 @@
 
 import sys
 
-from data_prep.allocator import keep_freed_memory
+from data_prep.startup import prepare_process
 
 
 def main() -> int:
     # Before pyarrow loads: its allocator reads its options when it starts.
-    keep_freed_memory()
+    prepare_process()
     from data_prep.cli import main as cli_main
 
     return cli_main()

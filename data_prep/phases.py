@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from data_prep import tasks
+from data_prep import startup, tasks
 from data_prep.inputs import InputFile, check_unchanged
 from data_prep.manifest import build_manifest
 
@@ -54,7 +54,7 @@ class Runner:
             ProcessPoolExecutor(
                 workers,
                 mp_context=get_context("spawn"),
-                initializer=tasks.init_worker,
+                initializer=startup.init_worker,
                 initargs=(os.getpid(),),
             )
             if workers > 1
