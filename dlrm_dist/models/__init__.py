@@ -37,6 +37,7 @@ from dlrm_dist.models.dcnv2 import build_dlrm_dcnv2
 from dlrm_dist.models.deepfm import build_deepfm
 from dlrm_dist.models.dlrm import build_dlrm
 from dlrm_dist.models.linear import build_fm, build_lr
+from dlrm_dist.models.perceptron import use_fast_perceptrons
 from dlrm_dist.models.tables import EmbeddingTables, build_embedding_bag_collection
 from dlrm_dist.models.wide_deep import build_wide_deep
 from dlrm_dist.models.xdeepfm import build_xdeepfm
@@ -106,9 +107,10 @@ def build_model(
     tables = EmbeddingTables(
         num_embeddings=sizes, device=sparse_device, pooling=model_cfg.pooling, feature_names=names
     )
-    return builder(
+    model = builder(
         model_cfg, tables, num_dense if dense_in_features is None else dense_in_features, dense_device
     )
+    return use_fast_perceptrons(model)
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
