@@ -25,7 +25,7 @@ Data sets (`DATASETS`; the synthetic ones are `dlrm-prep synth` with knobs, `--r
                      skipped when the directory or the command is absent.
 
 Grid (`GRIDS`): `full` crosses the embedding optimizer and rate with the dense optimizer and rate and
-varies batch size and warmup around the recipe; `quick` is 65 points: six rate points crossed with
+varies batch size and warmup around the recipe; `quick` is 90 points: six rate points crossed with
 warmup (100 steps, none, 10/30/60/80% of the run), the recipe at batch 2048, three points between its
 two best, points one step away along each axis from each minimax point it gave, and one step past each
 grid edge that a data set's own winner sat on. Rates are stated
@@ -69,8 +69,9 @@ RECIPE = {
     "optim.warmup_steps": 100,
 }
 # The numeric axes the edge check looks along; each is conditional on the optimizer it belongs to.
-# A point without optim.warmup_fraction has none (0): passed to every run (so that the recipe file's own
-# warmup does not leak in), left out of the cache keys (so that those of earlier points stay as they were).
+# A point without optim.warmup_fraction has none (0), and every point states its rates for batch 1024:
+# passed to every run (so that the recipe file's own warmup and reference batch do not leak in), left out
+# of the cache keys (so that those of earlier points stay as they were).
 AXES = (
     "optim.embedding_lr",
     "optim.lr",
@@ -78,7 +79,7 @@ AXES = (
     "optim.warmup_steps",
     "optim.warmup_fraction",
 )
-DEFAULTS = {"optim.warmup_fraction": 0.0}
+DEFAULTS = {"optim.warmup_fraction": 0.0, "optim.reference_batch_size": 1024}
 
 
 def _point(embedding: tuple[str, float], dense: tuple[str, float], **rest: object) -> dict[str, object]:
@@ -147,6 +148,19 @@ def _quick_grid() -> list[dict[str, object]]:
         ),  # dense-weak, MovieLens
         _point(("adagrad", 0.02), ("adam", 0.006), **_share(0.45)),  # criteo-sample-5split
     ]
+    # Those moved the minimax point to batch 256 (the Criteo sample, 6-7 steps an epoch at batch 1024,
+    # gained 0.016 there): one step along every axis around it, batch 128 included.
+    around += _around(("adagrad", 0.05), ("adam", 0.004), 0.6, embedding_lrs=(0.035, 0.1), lrs=(0.002, 0.008),
+                      shares=(0.45, 0.8), sizes=(128,), batch=256)  # fmt: skip
+    # And around the minimax point that gave (embedding 0.1 / Adam 0.004 / warmup 60% / batch 256).
+    around += _around(("adagrad", 0.1), ("adam", 0.004), 0.6, embedding_lrs=(0.2,), lrs=(0.002, 0.008),
+                      shares=(0.45, 0.8), sizes=(128, 512), batch=256)  # fmt: skip
+    # And around its successor (Adam 0.008 there).
+    around += _around(("adagrad", 0.1), ("adam", 0.008), 0.6, embedding_lrs=(0.2,), lrs=(0.016,),
+                      shares=(0.45, 0.8), sizes=(128,), batch=256)  # fmt: skip
+    # One step along every axis around the minimax point that gave (warmup 45% there).
+    around += _around(("adagrad", 0.1), ("adam", 0.008), 0.45, embedding_lrs=(0.05, 0.2), lrs=(0.016,),
+                      shares=(0.3,), sizes=(128, 512), batch=256)  # fmt: skip
     return [*crossed, _point(*recipe, training__batch_size=2048), *shares, *around, *between, *edges]
 
 
@@ -163,15 +177,17 @@ def _around(
     lrs: tuple[float, ...] = (),
     shares: tuple[float, ...] = (),
     sizes: tuple[int, ...] = (),
+    batch: int | None = None,
 ) -> list[dict[str, object]]:
-    """Points that differ from (embedding, dense, warmup `share`, batch 1024) along one axis each."""
+    """Points that differ from (embedding, dense, warmup `share`, batch `batch` or the recipe's 1024) along
+    one axis each."""
     warmup = {"optim__warmup_steps": 0, "optim__warmup_fraction": share}
+    if batch is not None:
+        warmup["training__batch_size"] = batch
     points = [_point((embedding[0], lr), dense, **warmup) for lr in embedding_lrs]
     points += [_point(embedding, (dense[0], lr), **warmup) for lr in lrs]
-    points += [
-        _point(embedding, dense, optim__warmup_steps=0, optim__warmup_fraction=other) for other in shares
-    ]
-    points += [_point(embedding, dense, **warmup, training__batch_size=size) for size in sizes]
+    points += [_point(embedding, dense, **{**warmup, "optim__warmup_fraction": other}) for other in shares]
+    points += [_point(embedding, dense, **{**warmup, "training__batch_size": size}) for size in sizes]
     return points
 
 
