@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
+
+from dlrm_dist.config import load_config
+from dlrm_dist.optim import scaled_learning_rates
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "recipe_sweep.py"
 
@@ -68,3 +72,32 @@ def test_a_data_set_of_several_splits_scores_the_mean_of_its_splits(sweep, tmp_p
     # One cached run per split, each under its own key.
     assert sorted(key.rsplit(" ", 1)[1] for key in trained) == ["split=0", "split=1", "split=2"]
     assert list(trained.values()) == splits
+
+
+def test_the_kaggle_recipe_is_a_quick_grid_point_at_its_own_batch(sweep):
+    # The sweep states rates for batch 1024 and the recipe for its own batch: the recipe must be one of
+    # the grid's points once the point's rates are scaled by the recipe's rule.
+    recipe = load_config(SCRIPT.parents[1] / "configs" / "criteo_kaggle.toml")
+    matches = []
+    for point in sweep.GRIDS["quick"]():
+        point = {**sweep.DEFAULTS, **point}
+        if (point["training.batch_size"], point["optim.warmup_fraction"]) != (
+            recipe.training.batch_size,
+            recipe.optim.warmup_fraction,
+        ):
+            continue
+        stated = dataclasses.replace(
+            recipe.optim,
+            embedding_optimizer=point["optim.embedding_optimizer"],
+            embedding_lr=point["optim.embedding_lr"],
+            dense_optimizer=point["optim.dense_optimizer"],
+            lr=point["optim.lr"],
+            reference_batch_size=point["optim.reference_batch_size"],
+        )
+        scaled = scaled_learning_rates(stated, recipe.training.batch_size)
+        if (scaled.embedding_optimizer, scaled.dense_optimizer) == (
+            recipe.optim.embedding_optimizer,
+            recipe.optim.dense_optimizer,
+        ) and (scaled.embedding_lr, scaled.lr) == pytest.approx((recipe.optim.embedding_lr, recipe.optim.lr)):
+            matches.append(sweep._describe(point))
+    assert matches == ["adagrad 0.1 / adam 0.008 / b256 w45%"]
