@@ -1,12 +1,12 @@
 """TorchRec's `Perceptron` (a Linear, then its activation) with two steps made cheaper, same parameters.
 
   - ReLU in place on the Linear's output, which nothing else reads (autograd's Linear backward keeps
-    its input, not its output): one [B, out] tensor fewer to write each step.
+    its input, not its output): one fresh [B, out] tensor fewer each step.
   - For a first layer on CPU (an input that needs no gradient, at most 1/8 as wide as the output, e.g.
     DLRM's 13 -> 512), the weight's gradient is computed as (x^T g)^T instead of autograd's g^T x:
     MKL takes 0.78 ms for g^T x at [512, 2048] x [2048, 13] and 0.16 ms for the transposed product on
     the 2-core machine of `benchmarks/train_throughput.py`. Same numbers up to float rounding.
-Both together took 38.0 -> 36.6 ms off a 1-rank criteo_kaggle fp32 step there (medians of 8
+Both together took a 1-rank fp32 step of that benchmark from 36.2 to 34.6 ms there (medians of 8
 alternating rounds of 15 steps in one process). Under autocast and on other devices the Linear is
 PyTorch's own.
 
