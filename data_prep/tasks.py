@@ -20,15 +20,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_prep import encode
-from data_prep.allocator import keep_freed_memory
 from data_prep.inputs import InputFile, iter_gzip_chunks, read_plain_chunk
 from data_prep.parse import BadRowError, parse_chunk
 from data_prep.schema import DENSE_COLUMNS, LABEL, SPARSE_COLUMNS, output_schema
 
 
 def init_worker(parent_pid: int) -> None:
-    """Keeps each worker process on one core (the parallelism comes from the processes), keeps its freed
-    memory for its next task (`data_prep.allocator`) and ties its life to its parent's.
+    """Keeps each worker process on one core (the parallelism comes from the processes) and ties its life
+    to its parent's. Called by `data_prep.startup.init_worker`, after the memory and import settings
+    that must come before pyarrow loads.
 
     Args:
         parent_pid: the pid of the process that made the pool, passed from there: a parent killed while
@@ -36,7 +36,6 @@ def init_worker(parent_pid: int) -> None:
     """
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
-    keep_freed_memory()
     _exit_with_parent(parent_pid)
 
 
