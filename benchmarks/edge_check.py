@@ -1,0 +1,171 @@
+"""Steps past the grid edges that each data set's own winner sits on, to see whether its best lies outside.
+
+`benchmarks/recipe_sweep.py` warns when a data set's val winner is the lowest or highest value its grid
+line tried along some axis, or when the grid did not vary that axis around it at all: the data set's
+best, against which regret is measured, may then lie outside the grid. This script takes each winner
+and walks past each such edge (both ways along an axis not varied): one step beyond it along that axis
+(rates and batch size x2 or /2, warmup share +/-15 points of the run, 0 to 95%), and another
+while each step still beats the last, `--max-steps` at most. The winner is trained again in the same
+run, so every comparison is between runs of one trainer version.
+
+Winners come from WORKDIR/results.json when it holds the whole quick grid for a data set (a sweep run
+with the same --workdir, --rows and --nproc-per-node), and otherwise from `RECORDED_WINNERS`: the val
+winners of the 90-point sweep of the README (200k synthetic rows, 2 ranks), whose cache did not outlive
+its machine.
+
+    .venv/bin/python benchmarks/edge_check.py [--workdir /tmp/recipe-sweep-multi] [--rows 200000]
+        [--datasets a,b,...] [--nproc-per-node 2] [--max-steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from recipe_sweep import (
+    AXES,
+    DATASETS,
+    DEFAULTS,
+    QUICK_DATASETS,
+    Sweep,
+    _describe,
+    _point,
+    _quick_grid,
+    _share,
+)
+
+# The val winner of each quick-grid data set in the 90-point sweep of the README (the regret tables' 0.0000
+# cells), and the edges the sweep printed for it.
+RECORDED_WINNERS: dict[str, dict[str, object]] = {
+    "synth-values-1e6": _point(("adagrad", 0.02), ("adam", 0.004), **_share(0.1)),
+    "synth-pairs-1e3": _point(("adagrad", 0.1), ("adam", 0.008), **_share(0.3), training__batch_size=256),
+    "synth-dense-weak": _point(("adagrad", 0.05), ("adam", 0.002), **_share(0.6), training__batch_size=256),
+    "criteo-sample-5split": _point(
+        ("adagrad", 0.1), ("adam", 0.004), **_share(0.6), training__batch_size=128
+    ),
+    "movielens-100k": _point(("adagrad", 0.05), ("adam", 0.004), **_share(0.6), training__batch_size=512),
+}
+# Warmup shares move by this much of the run per step; the others double or halve.
+WARMUP_STEP = 0.15
+
+
+def edges(grid: list[dict[str, object]], winner: dict[str, object]) -> list[tuple[str, int]]:
+    """(axis, direction) for each axis along which `winner` is the lowest (-1) or highest (+1) value
+    that its grid line tried (the same lines as `recipe_sweep.edge_warnings`), and both directions of an
+    axis along which the grid did not vary it at all."""
+    full = [{**DEFAULTS, **point} for point in grid]
+    here = {**DEFAULTS, **winner}
+    found = []
+    for axis in AXES:
+        if axis == "optim.warmup_steps" and here["optim.warmup_fraction"]:
+            continue
+        if axis == "optim.warmup_fraction" and not here["optim.warmup_fraction"]:
+            continue  # warmup in steps: the fraction is not its axis
+        line = [point[axis] for point in full if all(point[k] == here[k] for k in point if k != axis)]
+        if len(line) < 2:
+            found += [(axis, -1), (axis, +1)]
+            continue
+        if here[axis] == min(line):
+            found.append((axis, -1))
+        if here[axis] == max(line):
+            found.append((axis, +1))
+    return found
+
+
+def step(point: dict[str, object], axis: str, direction: int) -> dict[str, object] | None:
+    """`point` one step along `axis` in `direction`, or None where that leaves the axis's range."""
+    value = {**DEFAULTS, **point}[axis]
+    if axis == "optim.warmup_fraction":
+        moved = round(value + direction * WARMUP_STEP, 4)
+        if not 0.0 <= moved <= 0.95:
+            return None
+    elif axis == "training.batch_size":
+        moved = value * 2 if direction > 0 else value // 2
+        if moved < 32:
+            return None
+    elif axis == "optim.warmup_steps":
+        moved = value * 2 if direction > 0 else value // 2
+        if moved < 1:
+            return None
+    else:
+        moved = round(value * 2 if direction > 0 else value / 2, 6)
+    return {**point, axis: moved}
+
+
+def grid_winner(
+    sweep: Sweep, name: str, rows: int, grid: list[dict[str, object]]
+) -> dict[str, object] | None:
+    """The data set's val winner over the quick grid from the cache, or None when a point is missing."""
+    cached = []
+    for point in grid:
+        key = sweep.key(name, rows, point)
+        splits = [
+            value for run, value in sweep.results.items() if run == key or run.startswith(key + " split=")
+        ]
+        if not splits:
+            return None
+        cached.append(sum(result["val"]["auc"] for result in splits) / len(splits))
+    return grid[max(range(len(grid)), key=cached.__getitem__)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/recipe-sweep-multi"),
+                        help="data sets, runs and results.json, shared with recipe_sweep.py")  # fmt: skip
+    parser.add_argument("--rows", type=int, default=200_000, help="rows of each synthetic data set")
+    parser.add_argument("--datasets", default=",".join(QUICK_DATASETS),
+                        help=f"comma-separated subset of {', '.join(RECORDED_WINNERS)}")  # fmt: skip
+    parser.add_argument("--nproc-per-node", type=int, default=2, help="ranks per run")
+    parser.add_argument("--max-steps", type=int, default=3, help="steps past each edge at most")
+    args = parser.parse_args(argv)
+    names = args.datasets.split(",")
+    for name in names:
+        if name not in RECORDED_WINNERS:
+            raise ValueError(
+                f"--datasets: no recorded winner for {name!r}; known: {', '.join(RECORDED_WINNERS)}"
+            )
+    if args.max_steps < 1:
+        raise ValueError(f"--max-steps: must be >= 1, got {args.max_steps}")
+
+    grid = _quick_grid()
+    sweep = Sweep(args.workdir, args.nproc_per_node)
+    summary = []
+    for name in names:
+        prepared = DATASETS[name].prepare(args.workdir / name, args.rows)
+        if prepared is None:
+            print(f"skipping {name}: its input or its dlrm-prep command is not available")
+            continue
+        winner = grid_winner(sweep, name, args.rows, grid)
+        source = "this workdir's sweep"
+        if winner is None:
+            winner, source = RECORDED_WINNERS[name], "the README's 90-point sweep"
+        print(f"{name}: winner ({source}) {_describe(winner)}", flush=True)
+        best = sweep.val_auc(name, args.rows, prepared, winner)
+        found = edges(grid, winner)
+        if not found:
+            print("  no edge: every axis was tried on both sides")
+        for axis, direction in found:
+            point, last = winner, best
+            for _ in range(args.max_steps):
+                point = step(point, axis, direction)
+                if point is None:
+                    break
+                auc = sweep.val_auc(name, args.rows, prepared, point)
+                summary.append((name, axis, direction, _describe(point), auc, auc - best))
+                if auc <= last:
+                    break
+                last = auc
+        summary.append((name, "winner", 0, _describe(winner), best, 0.0))
+
+    print("\n| data set | past edge | point | val AUC | vs the winner |\n|---|---|---|---|---|")
+    for name, axis, direction, label, auc, gain in summary:
+        edge = "-" if axis == "winner" else f"{axis} {'lower' if direction < 0 else 'higher'}"
+        print(f"| {name} | {edge} | {label} | {auc:.4f} | {gain:+.4f} |")
+    beaten = sorted({row[0] for row in summary if row[5] > 0})
+    print(f"\nwinners beaten past an edge: {', '.join(beaten) if beaten else 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Tests of `benchmarks/edge_check.py`: which edges it walks past, its steps, and when a walk stops."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the script is executed, and edge_check
+    # imports recipe_sweep by name.
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    try:
+        yield _load("recipe_sweep"), _load("edge_check")
+    finally:
+        sys.modules.pop("recipe_sweep", None)
+        sys.modules.pop("edge_check", None)
+
+
+def test_recorded_winners_are_grid_points_and_their_edges_are_the_sweeps_warnings(scripts):
+    sweep, check = scripts
+    grid = sweep._quick_grid()
+    for name, winner in check.RECORDED_WINNERS.items():
+        assert winner in grid, name
+        found = check.edges(grid, winner)
+        warnings = sweep.edge_warnings(grid, winner)
+        at_end = {axis for axis, _ in found if sum(a == axis for a, _ in found) == 1}
+        unvaried = {axis for axis, _ in found if sum(a == axis for a, _ in found) == 2}
+        assert at_end == {m.split(" = ")[0] for m in warnings if "value tried" in m}, name
+        assert unvaried == {m.split(" = ")[0] for m in warnings if "was not varied" in m}, name
+        for axis, direction in found:
+            if axis in at_end:
+                side = "lowest" if direction < 0 else "highest"
+                assert any(m.startswith(axis) and side in m for m in warnings), (name, axis)
+
+
+def test_steps_double_or_halve_rates_and_batches_and_move_warmup_within_the_run(scripts):
+    _, check = scripts
+    winner = check.RECORDED_WINNERS["synth-pairs-1e3"]  # embedding 0.1, Adam 0.008, batch 256, warmup 30%
+    assert check.step(winner, "optim.embedding_lr", +1)["optim.embedding_lr"] == 0.2
+    assert check.step(winner, "optim.lr", -1)["optim.lr"] == 0.004
+    assert check.step(winner, "training.batch_size", -1)["training.batch_size"] == 128
+    lower = check.step(winner, "optim.warmup_fraction", -1)
+    assert lower["optim.warmup_fraction"] == 0.15
+    assert check.step(lower, "optim.warmup_fraction", -1)["optim.warmup_fraction"] == 0.0
+    assert check.step(check.step(lower, "optim.warmup_fraction", -1), "optim.warmup_fraction", -1) is None
+    # Only the stepped axis changes.
+    moved = check.step(winner, "optim.lr", +1)
+    assert {k for k in winner if winner[k] != moved[k]} == {"optim.lr"}
+
+
+def test_a_walk_goes_on_while_each_step_beats_the_last(scripts, tmp_path, monkeypatch, capsys):
+    sweep, check = scripts
+    # MovieLens's recorded winner (embedding 0.05) sits at the lowest embedding rate of its line; a
+    # made-up AUC that peaks at 0.0125 makes the walk take 0.025 and 0.0125 and stop after 0.00625.
+    monkeypatch.setitem(
+        sweep.DATASETS, "movielens-100k", sweep.DataSet("fake", lambda work, rows: tmp_path / "prepared")
+    )
+    trained = []
+
+    def fake_val_auc(self, dataset, rows, prepared, point):
+        trained.append(point)
+        return 0.7 - abs(math.log2(point["optim.embedding_lr"] / 0.0125)) / 100
+
+    monkeypatch.setattr(sweep.Sweep, "val_auc", fake_val_auc)
+    assert check.main(["--workdir", str(tmp_path), "--datasets", "movielens-100k", "--max-steps", "5"]) == 0
+    rates = [point["optim.embedding_lr"] for point in trained]
+    assert rates[:4] == [0.05, 0.025, 0.0125, 0.00625]
+    # The warmup share was not varied around the winner: one step each way, neither better, then done.
+    shares = [point["optim.warmup_fraction"] for point in trained[4:]]
+    assert shares == [0.45, 0.75]
+    out = capsys.readouterr().out
+    assert (
+        "| movielens-100k | optim.embedding_lr lower | adagrad 0.0125 / adam 0.004 / b512 w60% | 0.7000 | +0.0200 |"
+        in out
+    )
+    assert "winners beaten past an edge: movielens-100k" in out
+
+
+def test_an_unknown_data_set_is_one_clear_error(scripts, tmp_path):
+    _, check = scripts
+    with pytest.raises(ValueError, match="--datasets: no recorded winner for 'nope'"):
+        check.main(["--workdir", str(tmp_path), "--datasets", "nope"])
