@@ -80,18 +80,45 @@ def test_a_walk_goes_on_while_each_step_beats_the_last(scripts, tmp_path, monkey
     assert check.main(["--workdir", str(tmp_path), "--datasets", "movielens-100k", "--max-steps", "5"]) == 0
     rates = [point["optim.embedding_lr"] for point in trained]
     assert rates[:4] == [0.05, 0.025, 0.0125, 0.00625]
-    # The warmup share was not varied around the winner: one step each way, neither better, then done.
-    shares = [point["optim.warmup_fraction"] for point in trained[4:]]
-    assert shares == [0.45, 0.75]
+    # The warmup share was not varied around the winner: one step each way, neither better.
+    assert [point["optim.warmup_fraction"] for point in trained[4:6]] == [0.45, 0.75]
+    # 0.0125 beat the winner by more than --min-gain: a second round walks from it, both ways along
+    # the dense rate, the batch and the warmup (its rate line, 0.00625 to 0.05, has it inside), and
+    # none of those gains, so there is no third.
+    second = trained[6:]
+    assert all(point["optim.embedding_lr"] == 0.0125 for point in second)
+    assert [p["optim.lr"] for p in second[:2]] == [0.002, 0.008]
+    assert [p["training.batch_size"] for p in second[2:4]] == [256, 1024]
+    assert [p["optim.warmup_fraction"] for p in second[4:]] == [0.45, 0.75]
     out = capsys.readouterr().out
+    assert "movielens-100k: round 2 from adagrad 0.0125 / adam 0.004 / b512 w60% (0.7000)" in out
     assert (
-        "| movielens-100k | optim.embedding_lr lower | adagrad 0.0125 / adam 0.004 / b512 w60% | 0.7000 | +0.0200 |"
+        "| movielens-100k | 1 | optim.embedding_lr lower | adagrad 0.0125 / adam 0.004 / b512 w60% | 0.7000 | +0.0200 |"
         in out
     )
-    assert "winners beaten past an edge: movielens-100k" in out
+    assert "movielens-100k: the winner beaten by 0.0200, by adagrad 0.0125 / adam 0.004 / b512 w60%" in out
 
 
-def test_an_unknown_data_set_is_one_clear_error(scripts, tmp_path):
+def test_a_winner_that_no_step_beats_holds(scripts, tmp_path, monkeypatch, capsys):
+    sweep, check = scripts
+    monkeypatch.setitem(
+        sweep.DATASETS, "movielens-100k", sweep.DataSet("fake", lambda work, rows: tmp_path / "prepared")
+    )
+    trained = []
+
+    def fake_val_auc(self, dataset, rows, prepared, point):
+        trained.append(point)
+        return 0.7 if point == check.RECORDED_WINNERS["movielens-100k"] else 0.69
+
+    monkeypatch.setattr(sweep.Sweep, "val_auc", fake_val_auc)
+    assert check.main(["--workdir", str(tmp_path), "--datasets", "movielens-100k"]) == 0
+    # One step past each of its three edges (embedding rate lower, warmup both ways), and no second round.
+    assert len(trained) == 4
+    assert "movielens-100k: the winner holds" in capsys.readouterr().out
+
+
+def test_an_unknown_data_set_is_one_clear_error(scripts, tmp_path, capsys):
     _, check = scripts
-    with pytest.raises(ValueError, match="--datasets: no recorded winner for 'nope'"):
+    with pytest.raises(SystemExit):
         check.main(["--workdir", str(tmp_path), "--datasets", "nope"])
+    assert "--datasets: no recorded winner for 'nope'" in capsys.readouterr().err
