@@ -101,3 +101,25 @@ def test_the_kaggle_recipe_is_a_quick_grid_point_at_its_own_batch(sweep):
         ) and (scaled.embedding_lr, scaled.lr) == pytest.approx((recipe.optim.embedding_lr, recipe.optim.lr)):
             matches.append(sweep._describe(point))
     assert matches == ["adagrad 0.1 / adam 0.008 / b256 w45%"]
+    # The script's own lookup, which prints the recipe's regret, finds the same point.
+    grid = sweep.GRIDS["quick"]()
+    assert sweep._describe(grid[sweep.recipe_index(grid)]) == matches[0]
+
+
+def test_the_recipe_at_another_batch_is_the_point_of_the_same_stated_rates(sweep, tmp_path):
+    # The file's rates are stated for batch 256 and scale by the square root of the batch ratio: at
+    # batch 512 they are the grid point that states the same rates at 1024 with batch 512.
+    text = (SCRIPT.parents[1] / "configs" / "criteo_kaggle.toml").read_text()
+    assert text.count("\nbatch_size = 256\n") == 1
+    other = tmp_path / "recipe.toml"
+    grid = sweep.GRIDS["quick"]()
+    other.write_text(text.replace("\nbatch_size = 256\n", "\nbatch_size = 512\n"))
+    assert sweep._describe(grid[sweep.recipe_index(grid, other)]) == "adagrad 0.1 / adam 0.008 / b512 w45%"
+    # At batch 64 no point of the grid has the recipe's warmup and batch.
+    other.write_text(text.replace("\nbatch_size = 256\n", "\nbatch_size = 64\n"))
+    assert sweep.recipe_index(grid, other) is None
+
+
+def test_held_out_data_sets_are_never_in_the_sets_that_choose(sweep):
+    assert sweep.HELD_OUT and all(name in sweep.DATASETS for name in sweep.HELD_OUT)
+    assert not set(sweep.HELD_OUT) & (set(sweep.DEFAULT_DATASETS) | set(sweep.QUICK_DATASETS))
