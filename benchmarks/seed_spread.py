@@ -1,0 +1,72 @@
+"""How much a recipe sweep's AUC readings move with the training seed alone, on one data set.
+
+A sweep reads each grid point once, with `training.seed = 0`, so the best of its points on one data set
+is partly the luckiest seed. This trains `configs/criteo_kaggle.toml`'s grid point and the data set's
+own val winner (`edge_check.RECORDED_WINNERS`) with `--seeds` seeds each (the data and its split stay
+fixed; the seed draws the initial weights and the batch order) and prints the mean and standard
+deviation of val and test AUC. Runs are cached with the sweep's (WORKDIR/results.json); seed 0 is the
+sweep's own seed.
+
+    .venv/bin/python benchmarks/seed_spread.py [--workdir /tmp/recipe-sweep-multi] [--dataset movielens-100k]
+        [--seeds 5] [--rows 200000] [--nproc-per-node 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+from edge_check import RECORDED_WINNERS
+from recipe_sweep import DATASETS, RECIPE_FILE, Sweep, _describe, _quick_grid, recipe_index
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/recipe-sweep-multi"),
+                        help="data sets, runs and results.json, shared with recipe_sweep.py")  # fmt: skip
+    parser.add_argument("--dataset", default="movielens-100k",
+                        help=f"one of {', '.join(RECORDED_WINNERS)}")  # fmt: skip
+    parser.add_argument("--seeds", type=int, default=5, help="training seeds 0..N-1 (default 5)")
+    parser.add_argument("--rows", type=int, default=200_000, help="rows of a synthetic data set")
+    parser.add_argument("--nproc-per-node", type=int, default=2, help="ranks per run")
+    args = parser.parse_args(argv)
+    if args.dataset not in RECORDED_WINNERS:
+        parser.error(
+            f"--dataset: no recorded winner for {args.dataset!r}; known: {', '.join(RECORDED_WINNERS)}"
+        )
+    if args.seeds < 2:
+        parser.error(f"--seeds: a spread needs >= 2 seeds, got {args.seeds}")
+    grid = _quick_grid()
+    index = recipe_index(grid)
+    if index is None:
+        parser.error(f"{RECIPE_FILE} is not a point of the quick grid: nothing to compare")
+    prepared = DATASETS[args.dataset].prepare(args.workdir / args.dataset, args.rows)
+    if prepared is None:
+        print(f"{args.dataset}: its input or its dlrm-prep command is not available")
+        return 1
+    if isinstance(prepared, list):
+        parser.error(f"--dataset: {args.dataset} has no test rows (several splits); pick another")
+    sweep = Sweep(args.workdir, args.nproc_per_node)
+    points = {"recipe": grid[index], f"{args.dataset}'s val winner": RECORDED_WINNERS[args.dataset]}
+    rows = []
+    for label, point in points.items():
+        vals, tests = [], []
+        for seed in range(args.seeds):
+            seeded = {**point, "training.seed": seed}
+            vals.append(sweep.val_auc(args.dataset, args.rows, prepared, seeded))
+            tests.append(sweep.test_aucs[sweep.key(args.dataset, args.rows, seeded)])
+        rows.append(
+            f"| {label}: {_describe(point)} | {statistics.mean(vals):.4f} | {statistics.stdev(vals):.4f} | "
+            f"{statistics.mean(tests):.4f} | {statistics.stdev(tests):.4f} | "
+            f"{' / '.join(f'{value:.4f}' for value in tests)} |"
+        )
+    print(f"\n{args.dataset}, {args.seeds} training seeds each:")
+    print("| point | val AUC mean | sd | test AUC mean | sd | test AUC per seed |\n|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
