@@ -2,7 +2,8 @@
 
 A sweep reads each grid point once, with `training.seed = 0`, so the best of its points on one data set
 is partly the luckiest seed. This trains `configs/criteo_kaggle.toml`'s grid point and the data set's
-own val winner (`edge_check.RECORDED_WINNERS`) with `--seeds` seeds each (the data and its split stay
+own val winner (over the quick grid in WORKDIR's cache when that holds every point for the data set, else
+`edge_check.RECORDED_WINNERS`) with `--seeds` seeds each (the data and its split stay
 fixed; the seed draws the initial weights and the batch order) and prints the mean and standard
 deviation of val and test AUC. Runs are cached with the sweep's (WORKDIR/results.json); seed 0 is the
 sweep's own seed.
@@ -18,7 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from edge_check import RECORDED_WINNERS
+from edge_check import RECORDED_WINNERS, grid_winner
 from recipe_sweep import DATASETS, RECIPE_FILE, Sweep, _describe, _quick_grid, recipe_index
 
 
@@ -27,15 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/recipe-sweep-multi"),
                         help="data sets, runs and results.json, shared with recipe_sweep.py")  # fmt: skip
     parser.add_argument("--dataset", default="movielens-100k",
-                        help=f"one of {', '.join(RECORDED_WINNERS)}")  # fmt: skip
+                        help=f"one of {', '.join(DATASETS)}")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=5, help="training seeds 0..N-1 (default 5)")
     parser.add_argument("--rows", type=int, default=200_000, help="rows of a synthetic data set")
     parser.add_argument("--nproc-per-node", type=int, default=2, help="ranks per run")
     args = parser.parse_args(argv)
-    if args.dataset not in RECORDED_WINNERS:
-        parser.error(
-            f"--dataset: no recorded winner for {args.dataset!r}; known: {', '.join(RECORDED_WINNERS)}"
-        )
+    if args.dataset not in DATASETS:
+        parser.error(f"--dataset: unknown data set {args.dataset!r}; known: {', '.join(DATASETS)}")
     if args.seeds < 2:
         parser.error(f"--seeds: a spread needs >= 2 seeds, got {args.seeds}")
     grid = _quick_grid()
@@ -49,7 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(prepared, list):
         parser.error(f"--dataset: {args.dataset} has no test rows (several splits); pick another")
     sweep = Sweep(args.workdir, args.nproc_per_node)
-    points = {"recipe": grid[index], f"{args.dataset}'s val winner": RECORDED_WINNERS[args.dataset]}
+    winner = grid_winner(sweep, args.dataset, args.rows, grid) or RECORDED_WINNERS.get(args.dataset)
+    if winner is None:
+        parser.error(
+            f"--dataset: {args.dataset} has no recorded winner and {args.workdir} no quick-grid sweep of it; "
+            f"run benchmarks/recipe_sweep.py --grid quick --datasets {args.dataset} with this --workdir first"
+        )
+    points = {"recipe": grid[index], f"{args.dataset}'s val winner": winner}
     rows = []
     for label, point in points.items():
         vals, tests = [], []
