@@ -121,4 +121,15 @@ def test_an_unknown_data_set_is_one_clear_error(scripts, tmp_path, capsys):
     _, check = scripts
     with pytest.raises(SystemExit):
         check.main(["--workdir", str(tmp_path), "--datasets", "nope"])
-    assert "--datasets: no recorded winner for 'nope'" in capsys.readouterr().err
+    assert "--datasets: unknown data set 'nope'" in capsys.readouterr().err
+
+
+def test_a_data_set_without_a_winner_is_skipped_with_a_reason(scripts, tmp_path, monkeypatch, capsys):
+    sweep, check = scripts
+    monkeypatch.setitem(
+        sweep.DATASETS, "synth-default", sweep.DataSet("fake", lambda work, rows: tmp_path / "prepared", True)
+    )
+    assert check.main(["--workdir", str(tmp_path), "--datasets", "synth-default"]) == 0
+    assert f"skipping synth-default: no recorded winner, and {tmp_path} holds no quick-grid sweep of it" in (
+        capsys.readouterr().out
+    )
