@@ -4,7 +4,8 @@
 line tried along some axis, or when the grid did not vary that axis around it at all: the data set's
 best, against which regret is measured, may then lie outside the grid. This script takes each winner
 and walks past each such edge (both ways along an axis not varied): one step beyond it along that axis
-(rates and batch size x2 or /2, warmup share +/-15 points of the run, 0 to 95%), and another
+(rates and batch size x2 or /2, warmup share +/-15 points of the run, 0 to 95%: from a share below
+15% the step down is no warmup), and another
 while each step still beats the last, `--max-steps` at most. A point that beats the winner by more than
 `--min-gain` starts another round from it (`--rounds` at most), along the lines through it of the grid
 and of the points tried. The winner is trained again in the same run, so every comparison is between
@@ -79,8 +80,9 @@ def step(point: dict[str, object], axis: str, direction: int) -> dict[str, objec
     """`point` one step along `axis` in `direction`, or None where that leaves the axis's range."""
     value = {**DEFAULTS, **point}[axis]
     if axis == "optim.warmup_fraction":
-        moved = round(value + direction * WARMUP_STEP, 4)
-        if not 0.0 <= moved <= 0.95:
+        # Down to no warmup at all (0) from a share below one step; never above 95% of the run.
+        moved = round(max(value + direction * WARMUP_STEP, 0.0), 4)
+        if moved == value or moved > 0.95:
             return None
     elif axis == "training.batch_size":
         moved = value * 2 if direction > 0 else value // 2

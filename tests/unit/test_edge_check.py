@@ -58,6 +58,14 @@ def test_steps_double_or_halve_rates_and_batches_and_move_warmup_within_the_run(
     assert lower["optim.warmup_fraction"] == 0.15
     assert check.step(lower, "optim.warmup_fraction", -1)["optim.warmup_fraction"] == 0.0
     assert check.step(check.step(lower, "optim.warmup_fraction", -1), "optim.warmup_fraction", -1) is None
+    # From a share below one step, down is no warmup.
+    assert (
+        check.step({**winner, "optim.warmup_fraction": 0.1}, "optim.warmup_fraction", -1)[
+            "optim.warmup_fraction"
+        ]
+        == 0.0
+    )
+    assert check.step({**winner, "optim.warmup_fraction": 0.9}, "optim.warmup_fraction", +1) is None
     # Only the stepped axis changes.
     moved = check.step(winner, "optim.lr", +1)
     assert {k for k in winner if winner[k] != moved[k]} == {"optim.lr"}
