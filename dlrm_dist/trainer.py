@@ -343,8 +343,9 @@ class Trainer:
         progress = tqdm(total=self.total_steps, initial=step, desc="train", unit="step",
                         disable=not (self.is_writer and self.cfg.metrics.progress_bar), dynamic_ncols=True)  # fmt: skip
         started, steps_at_start, reached_target = time.perf_counter(), step, False
-        # (step, unpaused clock) at the end of the first logging window: the steady rate starts there.
-        steady_from: tuple[int, float] | None = None
+        # (step, unpaused clock, data wait so far) at the end of the first logging window: the steady rate
+        # and data-wait share start there.
+        steady_from: tuple[int, float, float] | None = None
         position = state
         self.model.train()
         try:
@@ -364,7 +365,8 @@ class Trainer:
                         samples_seen += global_batch
                         progress.update(1)
                         if step - steps_at_start == self.cfg.training.log_every_steps:
-                            steady_from = (step, time.perf_counter() - self.paused_seconds)
+                            waited = self.data_wait_seconds + batches.wait_seconds
+                            steady_from = (step, time.perf_counter() - self.paused_seconds, waited)
                         if step % self.cfg.training.log_every_steps == 0 or step == self.total_steps:
                             self._log_train(loss, step, samples_seen, started, steps_at_start, batches)
                         position = dataclasses.replace(
@@ -392,12 +394,16 @@ class Trainer:
                     break
             ended = time.perf_counter() - self.paused_seconds
             elapsed = ended - started
-            steady_rate = None
+            steady_rate = steady_wait = None
             if steady_from is not None and step > steady_from[0]:
-                steady_rate = (step - steady_from[0]) * global_batch / max(ended - steady_from[1], 1e-9)
+                steady_seconds = max(ended - steady_from[1], 1e-9)
+                steady_rate = (step - steady_from[0]) * global_batch / steady_seconds
+                steady_wait = (self.data_wait_seconds - steady_from[2]) / steady_seconds
             if step and step != self.last_saved_step:
                 self._checkpoint(position)
-            return self._finish(step, samples_seen, elapsed, steps_at_start, reached_target, steady_rate)
+            return self._finish(
+                step, samples_seen, elapsed, steps_at_start, reached_target, steady_rate, steady_wait
+            )
         finally:
             progress.close()
             self.monitor.close()
@@ -451,6 +457,7 @@ class Trainer:
         first_step: int,
         reached_target: bool,
         steady_rate: float | None,
+        steady_wait: float | None,
     ) -> dict[str, Any]:
         val = self._evaluate("val")
         self._log_eval("val", val, step)
@@ -469,6 +476,9 @@ class Trainer:
                 "steady_samples_per_sec": steady_rate,
                 "seconds": elapsed,
                 "data_wait_fraction": self.data_wait_seconds / elapsed if elapsed > 0 else 0.0,
+                # Over the same steps as steady_samples_per_sec: without the first batches' wait for
+                # the first row groups, which dominates the share of a short run.
+                "steady_data_wait_fraction": steady_wait,
                 "reached_target_auc": reached_target,
             },
             "world_size": self.ctx.world_size,

@@ -61,7 +61,14 @@ def _results(metrics: dict) -> dict:
     train = {
         k: v
         for k, v in metrics["train"].items()
-        if k not in ("seconds", "samples_per_sec", "steady_samples_per_sec", "data_wait_fraction")
+        if k
+        not in (
+            "seconds",
+            "samples_per_sec",
+            "steady_samples_per_sec",
+            "data_wait_fraction",
+            "steady_data_wait_fraction",
+        )
     }
     return {**{k: v for k, v in metrics.items() if k != "memory"}, "train": train}
 

@@ -72,6 +72,9 @@ def test_torchx_two_rank_run_writes_metrics_and_tensorboard(prepared_synth, tmp_
     assert metrics["train"]["samples_per_sec"] > 0
     # 117 steps logged every 20: a rate after the first window exists.
     assert metrics["train"]["steady_samples_per_sec"] > 0
+    # The data-wait share over the same steps: a share of their time, which excludes the evaluation and
+    # checkpoint pauses (each every 40 steps here).
+    assert 0 <= metrics["train"]["steady_data_wait_fraction"] < 1
     oracle = oracle_auc(synth, day=2, start=half)
     # The planted signal is learnable: well above chance, and never above the oracle's ceiling.
     assert 0.65 < metrics["test"]["auc"] < oracle + 0.01, (metrics["test"], oracle)
