@@ -71,10 +71,9 @@ def test_steps_double_or_halve_rates_and_batches_and_move_warmup_within_the_run(
     assert {k for k in winner if winner[k] != moved[k]} == {"optim.lr"}
 
 
-def test_a_walk_goes_on_while_each_step_beats_the_last(scripts, tmp_path, monkeypatch, capsys):
-    sweep, check = scripts
-    # MovieLens's recorded winner (embedding 0.05) sits at the lowest embedding rate of its line; a
-    # made-up AUC that peaks at 0.0125 makes the walk take 0.025 and 0.0125 and stop after 0.00625.
+def _fake_movielens(sweep, tmp_path, monkeypatch, auc):
+    """Makes MovieLens a directory that is never read and each run's val AUC `auc(point)`; returns the list
+    the trained points go into, in order."""
     monkeypatch.setitem(
         sweep.DATASETS, "movielens-100k", sweep.DataSet("fake", lambda work, rows: tmp_path / "prepared")
     )
@@ -82,9 +81,22 @@ def test_a_walk_goes_on_while_each_step_beats_the_last(scripts, tmp_path, monkey
 
     def fake_val_auc(self, dataset, rows, prepared, point):
         trained.append(point)
-        return 0.7 - abs(math.log2(point["optim.embedding_lr"] / 0.0125)) / 100
+        return auc(point)
 
     monkeypatch.setattr(sweep.Sweep, "val_auc", fake_val_auc)
+    return trained
+
+
+def test_a_walk_goes_on_while_each_step_beats_the_last(scripts, tmp_path, monkeypatch, capsys):
+    sweep, check = scripts
+    # MovieLens's recorded winner (embedding 0.05) sits at the lowest embedding rate of its line; a
+    # made-up AUC that peaks at 0.0125 makes the walk take 0.025 and 0.0125 and stop after 0.00625.
+    trained = _fake_movielens(
+        sweep,
+        tmp_path,
+        monkeypatch,
+        lambda point: 0.7 - abs(math.log2(point["optim.embedding_lr"] / 0.0125)) / 100,
+    )
     assert check.main(["--workdir", str(tmp_path), "--datasets", "movielens-100k", "--max-steps", "5"]) == 0
     rates = [point["optim.embedding_lr"] for point in trained]
     assert rates[:4] == [0.05, 0.025, 0.0125, 0.00625]
@@ -109,16 +121,8 @@ def test_a_walk_goes_on_while_each_step_beats_the_last(scripts, tmp_path, monkey
 
 def test_a_winner_that_no_step_beats_holds(scripts, tmp_path, monkeypatch, capsys):
     sweep, check = scripts
-    monkeypatch.setitem(
-        sweep.DATASETS, "movielens-100k", sweep.DataSet("fake", lambda work, rows: tmp_path / "prepared")
-    )
-    trained = []
-
-    def fake_val_auc(self, dataset, rows, prepared, point):
-        trained.append(point)
-        return 0.7 if point == check.RECORDED_WINNERS["movielens-100k"] else 0.69
-
-    monkeypatch.setattr(sweep.Sweep, "val_auc", fake_val_auc)
+    winner = check.RECORDED_WINNERS["movielens-100k"]
+    trained = _fake_movielens(sweep, tmp_path, monkeypatch, lambda point: 0.7 if point == winner else 0.69)
     assert check.main(["--workdir", str(tmp_path), "--datasets", "movielens-100k"]) == 0
     # One step past each of its three edges (embedding rate lower, warmup both ways), and no second round.
     assert len(trained) == 4

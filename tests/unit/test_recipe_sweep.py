@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -10,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from dlrm_dist.config import load_config
-from dlrm_dist.optim import scaled_learning_rates
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "recipe_sweep.py"
 
@@ -75,35 +73,19 @@ def test_a_data_set_of_several_splits_scores_the_mean_of_its_splits(sweep, tmp_p
 
 
 def test_the_kaggle_recipe_is_a_quick_grid_point_at_its_own_batch(sweep):
-    # The sweep states rates for batch 1024 and the recipe for its own batch: the recipe must be one of
-    # the grid's points once the point's rates are scaled by the recipe's rule.
+    # The sweep states rates for batch 1024 and the recipe for its own batch (256): the recipe must be
+    # one of the grid's points once both sides' rates are scaled to that batch by the recipe's rule.
     recipe = load_config(SCRIPT.parents[1] / "configs" / "criteo_kaggle.toml")
-    matches = []
-    for point in sweep.GRIDS["quick"]():
-        point = {**sweep.DEFAULTS, **point}
-        if (point["training.batch_size"], point["optim.warmup_fraction"]) != (
-            recipe.training.batch_size,
-            recipe.optim.warmup_fraction,
-        ):
-            continue
-        stated = dataclasses.replace(
-            recipe.optim,
-            embedding_optimizer=point["optim.embedding_optimizer"],
-            embedding_lr=point["optim.embedding_lr"],
-            dense_optimizer=point["optim.dense_optimizer"],
-            lr=point["optim.lr"],
-            reference_batch_size=point["optim.reference_batch_size"],
-        )
-        scaled = scaled_learning_rates(stated, recipe.training.batch_size)
-        if (scaled.embedding_optimizer, scaled.dense_optimizer) == (
-            recipe.optim.embedding_optimizer,
-            recipe.optim.dense_optimizer,
-        ) and (scaled.embedding_lr, scaled.lr) == pytest.approx((recipe.optim.embedding_lr, recipe.optim.lr)):
-            matches.append(sweep._describe(point))
-    assert matches == ["adagrad 0.1 / adam 0.008 / b256 w45%"]
-    # The script's own lookup, which prints the recipe's regret, finds the same point.
     grid = sweep.GRIDS["quick"]()
-    assert sweep._describe(grid[sweep.recipe_index(grid)]) == matches[0]
+    point = {**sweep.DEFAULTS, **grid[sweep.recipe_index(grid)]}
+    assert sweep._describe(point) == "adagrad 0.1 / adam 0.008 / b256 w45%"
+    # The sqrt rule from 1024 to 256 halves the point's rates: the file's own numbers.
+    assert (recipe.optim.reference_batch_size, recipe.training.batch_size) == (256, 256)
+    assert point["optim.reference_batch_size"] == 1024
+    assert (recipe.optim.embedding_lr, recipe.optim.lr) == pytest.approx(
+        (point["optim.embedding_lr"] / 2, point["optim.lr"] / 2)
+    )
+    assert (recipe.optim.embedding_optimizer, recipe.optim.dense_optimizer) == ("adagrad", "adam")
 
 
 def test_the_recipe_at_another_batch_is_the_point_of_the_same_stated_rates(sweep, tmp_path):
