@@ -4,12 +4,13 @@
 line tried along some axis, or when the grid did not vary that axis around it at all: the data set's
 best, against which regret is measured, may then lie outside the grid. This script takes each winner
 and walks past each such edge (both ways along an axis not varied): one step beyond it along that axis
-(rates and batch size x2 or /2, warmup share +/-15 points of the run, 0 to 95%: from a share below
-15% the step down is no warmup), and another
+(rates, batch size and warmup steps x2 or /2, warmup share +/-15 points of the run, 0 to 95%: from a
+share below 15% the step down is no warmup), and another
 while each step still beats the last, `--max-steps` at most. A point that beats the winner by more than
 `--min-gain` starts another round from it (`--rounds` at most), along the lines through it of the grid
-and of the points tried. The winner is trained again in the same run, so every comparison is between
-runs of one trainer version.
+and of the points tried. Every run goes through the workdir's cache (WORKDIR/results.json): a recorded
+winner is trained again there, beside the steps from it, so those comparisons are between runs of one
+trainer version; a winner read from a sweep in the cache shares the trainer of that sweep's runs.
 
 Winners come from WORKDIR/results.json when it holds the whole quick grid for a data set (a sweep run
 with the same --workdir, --rows and --nproc-per-node), and otherwise from `RECORDED_WINNERS`: the val
@@ -31,6 +32,7 @@ from recipe_sweep import (
     DATASETS,
     DEFAULTS,
     QUICK_DATASETS,
+    SYNTH_DAYS,
     Sweep,
     _describe,
     _point,
@@ -55,8 +57,9 @@ WARMUP_STEP = 0.15
 
 def edges(grid: list[dict[str, object]], winner: dict[str, object]) -> list[tuple[str, int]]:
     """(axis, direction) for each axis along which `winner` is the lowest (-1) or highest (+1) value
-    that its grid line tried (the same lines as `recipe_sweep.edge_warnings`), and both directions of an
-    axis along which the grid did not vary it at all."""
+    that its grid line tried (the same lines as `recipe_sweep.edge_warnings`, except that the warmup share
+    is no axis of a winner without one), and both directions of an axis along which the grid did not
+    vary it at all."""
     full = [{**DEFAULTS, **point} for point in grid]
     here = {**DEFAULTS, **winner}
     found = []
@@ -90,7 +93,7 @@ def step(point: dict[str, object], axis: str, direction: int) -> dict[str, objec
             return None
     elif axis == "optim.warmup_steps":
         moved = value * 2 if direction > 0 else value // 2
-        if moved < 1:
+        if moved < 1 or moved == value:  # no warmup doubles to no warmup
             return None
     else:
         moved = round(value * 2 if direction > 0 else value / 2, 6)
@@ -98,18 +101,25 @@ def step(point: dict[str, object], axis: str, direction: int) -> dict[str, objec
 
 
 def grid_winner(
-    sweep: Sweep, name: str, rows: int, grid: list[dict[str, object]]
+    sweep: Sweep, name: str, rows: int, grid: list[dict[str, object]], splits: int | None = None
 ) -> dict[str, object] | None:
-    """The data set's val winner over the quick grid from the cache, or None when a point is missing."""
+    """The data set's val winner over `grid` from the cache, or None when a point is missing.
+
+    Args:
+        splits: for a data set of several splits, how many; a point counts only with all of them cached
+            (`Sweep.val_auc` scores their mean).
+    """
     cached = []
     for point in grid:
         key = sweep.key(name, rows, point)
-        splits = [
-            value for run, value in sweep.results.items() if run == key or run.startswith(key + " split=")
-        ]
-        if not splits:
+        if splits is None:
+            runs = [sweep.results[key]] if key in sweep.results else []
+        else:
+            runs = [sweep.results.get(f"{key} split={index}") for index in range(splits)]
+            runs = [] if None in runs else runs
+        if not runs:
             return None
-        cached.append(sum(result["val"]["auc"] for result in splits) / len(splits))
+        cached.append(sum(result["val"]["auc"] for result in runs) / len(runs))
     return grid[max(range(len(grid)), key=cached.__getitem__)]
 
 
@@ -138,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--max-steps: must be >= 1, got {args.max_steps}")
     if args.rounds < 1:
         parser.error(f"--rounds: must be >= 1, got {args.rounds}")
+    if args.min_gain < 0:
+        parser.error(f"--min-gain: must be >= 0, got {args.min_gain}")
+    if args.rows < 10 * SYNTH_DAYS:
+        parser.error(f"--rows: must be >= {10 * SYNTH_DAYS}, got {args.rows}")
 
     grid = _quick_grid()
     sweep = Sweep(args.workdir, args.nproc_per_node)
@@ -147,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         if prepared is None:
             print(f"skipping {name}: its input or its dlrm-prep command is not available")
             continue
-        winner = grid_winner(sweep, name, args.rows, grid)
+        splits = len(prepared) if isinstance(prepared, list) else None
+        winner = grid_winner(sweep, name, args.rows, grid, splits)
         source = "this workdir's sweep"
         if winner is None and name in RECORDED_WINNERS:
             winner, source = RECORDED_WINNERS[name], "the README's 90-point sweep"
@@ -181,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             if challenger_auc - best <= args.min_gain:
                 break
             winner, best = challenger, challenger_auc
-            print(f"{name}: round {round_index + 1} from {_describe(winner)} ({best:.4f})", flush=True)
+            if round_index < args.rounds:
+                print(f"{name}: round {round_index + 1} from {_describe(winner)} ({best:.4f})", flush=True)
 
     print("\n| data set | round | past edge | point | val AUC | vs the first winner |")
     print("|---|---|---|---|---|---|")

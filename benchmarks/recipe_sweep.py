@@ -207,7 +207,8 @@ RECIPE_FILE = REPO_ROOT / "configs" / "criteo_kaggle.toml"
 def recipe_index(grid: list[dict[str, object]], path: Path = RECIPE_FILE) -> int | None:
     """The index of the grid point that the recipe file at `path` is, or None.
 
-    A point is the recipe when batch size, warmup share and optimizers agree and both train at the same
+    A point is the recipe when batch size, warmup (share, or steps without one) and optimizers agree and
+    both train at the same
     rates: each side's, stated for its own reference batch, scaled to the batch by the recipe's rule.
     """
     recipe = load_config(path)
@@ -220,6 +221,8 @@ def recipe_index(grid: list[dict[str, object]], path: Path = RECIPE_FILE) -> int
             recipe.optim.warmup_fraction,
         ):
             continue
+        if not recipe.optim.warmup_fraction and point["optim.warmup_steps"] != recipe.optim.warmup_steps:
+            continue  # warmup in steps: the count must agree too
         stated = dataclasses.replace(
             recipe.optim,
             embedding_optimizer=point["optim.embedding_optimizer"],
@@ -472,7 +475,7 @@ def regret_table(grid: list[dict[str, object]], aucs: dict[str, list[float]]) ->
              "|---" * (len(names) + 2) + "|"]  # fmt: skip
     for index, point in enumerate(grid):
         cells = [f"{best[name] - aucs[name][index]:.4f}" for name in names] + [f"{worst[index]:.4f}"]
-        label = _describe(point) + (" (recipe)" if point == RECIPE else "")
+        label = _describe(point) + (" (first recipe)" if point == RECIPE else "")
         lines.append(f"| {'**' + label + '**' if index == chosen else label} | " + " | ".join(cells) + " |")
     lines.append("| best val AUC | " + " | ".join(f"{best[name]:.4f}" for name in names) + " | |")
     return "\n".join(lines), chosen

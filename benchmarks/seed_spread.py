@@ -5,8 +5,8 @@ is partly the luckiest seed. This trains `configs/criteo_kaggle.toml`'s grid poi
 own val winner (over the quick grid in WORKDIR's cache when that holds every point for the data set, else
 `edge_check.RECORDED_WINNERS`) with `--seeds` seeds each (the data and its split stay
 fixed; the seed draws the initial weights and the batch order) and prints the mean and standard
-deviation of val and test AUC. Runs are cached with the sweep's (WORKDIR/results.json); seed 0 is the
-sweep's own seed.
+deviation of val and test AUC. Runs are cached with the sweep's (WORKDIR/results.json), each seed under its own key:
+seed 0 trains again what the sweep's own run trained, under another key.
 
     .venv/bin/python benchmarks/seed_spread.py [--workdir /tmp/recipe-sweep-multi] [--dataset movielens-100k]
         [--seeds 5] [--rows 200000] [--nproc-per-node 2]
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(prepared, list):
         parser.error(f"--dataset: {args.dataset} has no test rows (several splits); pick another")
     sweep = Sweep(args.workdir, args.nproc_per_node)
+    # The data sets of several splits are refused above, so this one has a single split.
     winner = grid_winner(sweep, args.dataset, args.rows, grid) or RECORDED_WINNERS.get(args.dataset)
     if winner is None:
         parser.error(

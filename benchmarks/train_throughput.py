@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                 stats = dlrm_train(prepared, work / f"run-{ranks}", ranks, args.steps, VARIANTS[variant])
                 rows[label].append(stats["steady_samples_per_sec"])
                 # Over the steady steps, as the rate: the whole run's share is mostly the first batch's
-                # wait for its first row groups (10-14% of a 40-step run at 1 rank, 0.1% after it).
+                # wait for its first row groups (10-17% of a 40-step run, 0.1-0.3% after it).
                 waits[label] = stats["steady_data_wait_fraction"]
         print(f"round {round_index + 1}: " + ", ".join(f"{v[-1]:,.0f}" for v in rows.values()), flush=True)
     plain = plain_baseline(prepared, args.steps)["samples_per_sec"]

@@ -72,8 +72,8 @@ def test_torchx_two_rank_run_writes_metrics_and_tensorboard(prepared_synth, tmp_
     assert metrics["train"]["samples_per_sec"] > 0
     # 117 steps logged every 20: a rate after the first window exists.
     assert metrics["train"]["steady_samples_per_sec"] > 0
-    # The data-wait share over the same steps: a share of their time, which excludes the evaluation and
-    # checkpoint pauses (each every 40 steps here).
+    # The data-wait share over the same steps (evaluations and checkpoints every 40 steps here pause
+    # its clock): a share, so within [0, 1).
     assert 0 <= metrics["train"]["steady_data_wait_fraction"] < 1
     oracle = oracle_auc(synth, day=2, start=half)
     # The planted signal is learnable: well above chance, and never above the oracle's ceiling.

@@ -145,3 +145,45 @@ def test_a_data_set_without_a_winner_is_skipped_with_a_reason(scripts, tmp_path,
     assert f"skipping synth-default: no recorded winner, and {tmp_path} holds no quick-grid sweep of it" in (
         capsys.readouterr().out
     )
+
+
+def test_the_winner_from_a_cached_sweep_needs_every_point_and_every_split(scripts, tmp_path):
+    sweep, check = scripts
+    grid = sweep._quick_grid()[:3]
+    runs = sweep.Sweep(tmp_path, nproc_per_node=2)
+    for index, point in enumerate(grid):
+        key = runs.key("movielens-100k", 0, point)
+        runs.results[key] = {"val": {"auc": [0.70, 0.72, 0.71][index]}}
+        for split in range(2):
+            runs.results[f"{runs.key('criteo-sample-5split', 0, point)} split={split}"] = {
+                "val": {"auc": [0.60, 0.66, 0.68][index] + split / 100}
+            }
+    assert check.grid_winner(runs, "movielens-100k", 0, grid) == grid[1]
+    assert check.grid_winner(runs, "criteo-sample-5split", 0, grid, splits=2) == grid[2]
+    # A third split the cache lacks: no winner rather than the mean of the two it has.
+    assert check.grid_winner(runs, "criteo-sample-5split", 0, grid, splits=3) is None
+    # A grid point the cache lacks: no winner.
+    assert check.grid_winner(runs, "movielens-100k", 0, sweep._quick_grid()[:4]) is None
+
+
+def test_no_warmup_in_steps_has_no_step_up(scripts):
+    _, check = scripts
+    point = {
+        **check.RECORDED_WINNERS["synth-values-1e6"],
+        "optim.warmup_fraction": 0.0,
+        "optim.warmup_steps": 0,
+    }
+    assert check.step(point, "optim.warmup_steps", +1) is None
+    assert (
+        check.step({**point, "optim.warmup_steps": 100}, "optim.warmup_steps", +1)["optim.warmup_steps"]
+        == 200
+    )
+
+
+def test_the_last_round_announces_no_next_one(scripts, tmp_path, monkeypatch, capsys):
+    sweep, check = scripts
+    trained = _fake_movielens(sweep, tmp_path, monkeypatch, lambda point: 0.8 - point["optim.embedding_lr"])
+    assert check.main(["--workdir", str(tmp_path), "--datasets", "movielens-100k", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "round 2" not in out and "movielens-100k: the winner beaten by" in out
+    assert len(trained) == 1 + 3 + 2  # the winner, three rates down, the warmup both ways
