@@ -9,7 +9,7 @@ deviation of val and test AUC. Runs are cached with the sweep's (WORKDIR/results
 seed 0 trains again what the sweep's own run trained, under another key.
 
     .venv/bin/python benchmarks/seed_spread.py [--workdir /tmp/recipe-sweep-multi] [--dataset movielens-100k]
-        [--seeds 5] [--rows 200000] [--nproc-per-node 2]
+        [--seeds 5] [--rows 200000] [--nproc-per-node 2] [--best-test]
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5, help="training seeds 0..N-1 (default 5)")
     parser.add_argument("--rows", type=int, default=200_000, help="rows of a synthetic data set")
     parser.add_argument("--nproc-per-node", type=int, default=2, help="ranks per run")
+    parser.add_argument("--best-test", action="store_true",
+                        help="also the quick-grid point with the best seed-0 test AUC in WORKDIR's cache: "
+                        "whether its lead over the recipe there is more than its seed's")  # fmt: skip
     args = parser.parse_args(argv)
     if args.dataset not in DATASETS:
         parser.error(f"--dataset: unknown data set {args.dataset!r}; known: {', '.join(DATASETS)}")
@@ -56,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
             f"run benchmarks/recipe_sweep.py --grid quick --datasets {args.dataset} with this --workdir first"
         )
     points = {"recipe": grid[index], f"{args.dataset}'s val winner": winner}
+    if args.best_test:
+        keys = [sweep.key(args.dataset, args.rows, point) for point in grid]
+        if not all(key in sweep.results for key in keys):
+            parser.error(f"--best-test: {args.workdir} holds no whole quick-grid sweep of {args.dataset}")
+        best = max(range(len(grid)), key=lambda i: sweep.results[keys[i]]["test"]["auc"])
+        points["the best seed-0 test AUC"] = grid[best]
     rows = []
     for label, point in points.items():
         vals, tests = [], []

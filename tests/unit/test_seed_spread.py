@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -56,3 +57,42 @@ def test_one_seed_is_no_spread(scripts, tmp_path, capsys):
     with pytest.raises(SystemExit):
         spread.main(["--workdir", str(tmp_path), "--seeds", "1"])
     assert "--seeds: a spread needs >= 2 seeds, got 1" in capsys.readouterr().err
+
+
+def test_best_test_needs_a_whole_cached_sweep(scripts, tmp_path, monkeypatch, capsys):
+    sweep, _, spread = scripts
+    monkeypatch.setitem(
+        sweep.DATASETS, "movielens-100k", sweep.DataSet("fake", lambda work, rows: tmp_path / "prepared")
+    )
+    with pytest.raises(SystemExit):
+        spread.main(["--workdir", str(tmp_path), "--best-test"])
+    assert (
+        f"--best-test: {tmp_path} holds no whole quick-grid sweep of movielens-100k"
+        in capsys.readouterr().err
+    )
+
+
+def test_best_test_adds_the_point_of_the_best_cached_test_auc(scripts, tmp_path, monkeypatch, capsys):
+    sweep, _, spread = scripts
+    monkeypatch.setitem(
+        sweep.DATASETS, "movielens-100k", sweep.DataSet("fake", lambda work, rows: tmp_path / "prepared")
+    )
+    grid = sweep._quick_grid()
+    keys = [sweep.Sweep(tmp_path, 2).key("movielens-100k", 0, point) for point in grid]
+    # Every point's seed-0 run cached, the 7th with the best test AUC.
+    cache = {
+        key: {"val": {"auc": 0.69}, "test": {"auc": 0.70 + (index == 6) / 100}}
+        for index, key in enumerate(keys)
+    }
+    (tmp_path / "results.json").write_text(json.dumps(cache))
+    trained = []
+
+    def fake_val_auc(self, dataset, rows, prepared, point):
+        trained.append(point)
+        self.test_aucs[self.key(dataset, rows, point)] = 0.70 + point["training.seed"] / 100
+        return 0.69
+
+    monkeypatch.setattr(sweep.Sweep, "val_auc", fake_val_auc)
+    assert spread.main(["--workdir", str(tmp_path), "--seeds", "2", "--best-test"]) == 0
+    assert {k: v for k, v in trained[-1].items() if k != "training.seed"} == grid[6]
+    assert f"| the best seed-0 test AUC: {sweep._describe(grid[6])} |" in capsys.readouterr().out
