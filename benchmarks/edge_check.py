@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from recipe_sweep import (
     AXES,
@@ -53,6 +54,19 @@ RECORDED_WINNERS: dict[str, dict[str, object]] = {
 }
 # Warmup shares move by this much of the run per step; the others double or halve.
 WARMUP_STEP = 0.15
+
+
+class Run(NamedTuple):
+    """One row of the summary: a data set's winner (round 0, axis "winner") or a step past its edge."""
+
+    dataset: str
+    round: int
+    axis: str
+    direction: int
+    point: str
+    auc: float
+    gain: float
+    """val AUC above the first winner's"""
 
 
 def edges(grid: list[dict[str, object]], winner: dict[str, object]) -> list[tuple[str, int]]:
@@ -155,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
     grid = _quick_grid()
     sweep = Sweep(args.workdir, args.nproc_per_node)
-    summary = []
+    summary: list[Run] = []
     for name in names:
         prepared = DATASETS[name].prepare(args.workdir / name, args.rows)
         if prepared is None:
@@ -171,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"{name}: winner ({source}) {_describe(winner)}", flush=True)
         first = best = sweep.val_auc(name, args.rows, prepared, winner)
-        summary.append((name, 0, "winner", 0, _describe(winner), best, 0.0))
+        summary.append(Run(name, 0, "winner", 0, _describe(winner), best, 0.0))
         tried: list[dict[str, object]] = [winner]
         for round_index in range(1, args.rounds + 1):
             # Lines through the winner run over the grid and every point tried so far.
@@ -187,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
                         break
                     auc = sweep.val_auc(name, args.rows, prepared, point)
                     tried.append(point)
-                    summary.append((name, round_index, axis, direction, _describe(point), auc, auc - first))
+                    summary.append(
+                        Run(name, round_index, axis, direction, _describe(point), auc, auc - first)
+                    )
                     if auc > challenger_auc:
                         challenger, challenger_auc = point, auc
                     if auc <= last:
@@ -204,10 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, round_index, axis, direction, label, auc, gain in summary:
         edge = "(the winner)" if axis == "winner" else f"{axis} {'lower' if direction < 0 else 'higher'}"
         print(f"| {name} | {round_index} | {edge} | {label} | {auc:.4f} | {gain:+.4f} |")
-    for name in dict.fromkeys(row[0] for row in summary):
-        rows = [row for row in summary if row[0] == name]
-        top = max(rows, key=lambda row: row[5])
-        verdict = "holds" if top[6] <= 0 else f"beaten by {top[6]:.4f}, by {top[4]}"
+    for name in dict.fromkeys(run.dataset for run in summary):
+        top = max((run for run in summary if run.dataset == name), key=lambda run: run.auc)
+        verdict = "holds" if top.gain <= 0 else f"beaten by {top.gain:.4f}, by {top.point}"
         print(f"{name}: the winner {verdict}")
     return 0
 

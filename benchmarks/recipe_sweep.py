@@ -208,8 +208,8 @@ def recipe_index(grid: list[dict[str, object]], path: Path = RECIPE_FILE) -> int
     """The index of the grid point that the recipe file at `path` is, or None.
 
     A point is the recipe when batch size, warmup (share, or steps without one) and optimizers agree and
-    both train at the same
-    rates: each side's, stated for its own reference batch, scaled to the batch by the recipe's rule.
+    both train at the same rates: each side's, stated for its own reference batch, scaled to the batch
+    by the recipe's rule.
     """
     recipe = load_config(path)
     # What the recipe trains at: its rates scaled from its reference batch to its batch.
@@ -536,23 +536,27 @@ def main(argv: list[str] | None = None) -> int:
             synth_dir = args.workdir / name / "synth"
             half = rows // SYNTH_DAYS // 2
             print(f"{name}: oracle val AUC {oracle_auc(synth_dir, day=SYNTH_DAYS - 1, stop=half):.4f}")
+    # Each data set's own val winner: the point a search on that data set alone would pick.
+    winners = {name: max(range(len(grid)), key=values.__getitem__) for name, values in aucs.items()}
     # The same rule read on rows it did not choose by: each data set's test split, from the same runs.
     tests = {name: [sweep.test_aucs[sweep.key(name, rows, point)] for point in grid] for name in prepared}
     tests = {name: values for name, values in tests.items() if None not in values}
+
+    def test_readings(index: int) -> tuple[str, str]:
+        """Point `index`'s test AUC below the best test AUC of the grid, and below the val winner's."""
+        # The best test AUC is the luckiest of len(grid) noisy readings of one test split, so it overstates
+        # what any point would score on new rows. The val winner read on the same test rows has no such
+        # selection in it.
+        below_best = ", ".join(f"{name} {max(values) - values[index]:.4f}" for name, values in tests.items())
+        below_winner = ", ".join(
+            f"{name} {values[winners[name]] - values[index]:.4f}" for name, values in tests.items()
+        )
+        return below_best, below_winner
+
     if tests:
-        best_test = {name: max(values) for name, values in tests.items()}
-        held_out = ", ".join(
-            f"{name} {best_test[name] - values[chosen]:.4f}" for name, values in tests.items()
-        )
-        print(f"\nthe minimax point's regret on the test split (rows not used to choose): {held_out}")
-        # The best test AUC above is the luckiest of len(grid) noisy readings of one test split, so it
-        # overstates what any point would score on new rows. The point a search on that data set alone
-        # would pick, its val winner, read on the same test rows, has no such selection in it.
-        winners = {name: max(range(len(grid)), key=aucs[name].__getitem__) for name in tests}
-        against_winner = ", ".join(
-            f"{name} {values[winners[name]] - values[chosen]:.4f}" for name, values in tests.items()
-        )
-        print(f"its test AUC below each data set's own val winner's test AUC: {against_winner}")
+        below_best, below_winner = test_readings(chosen)
+        print(f"\nthe minimax point's regret on the test split (rows not used to choose): {below_best}")
+        print(f"its test AUC below each data set's own val winner's test AUC: {below_winner}")
     # The recipe as it stands, whichever point these data sets would choose: on data sets held out of
     # the choice (HELD_OUT) this is the issue's target, the recipe's regret on data nobody tuned on.
     index = recipe_index(grid)
@@ -562,18 +566,14 @@ def main(argv: list[str] | None = None) -> int:
         regrets = ", ".join(f"{name} {max(values) - values[index]:.4f}" for name, values in aucs.items())
         print(f"\n{RECIPE_FILE.relative_to(REPO_ROOT)} is {_describe(grid[index])}: val regret {regrets}")
         if tests:
-            regrets = ", ".join(f"{name} {max(values) - values[index]:.4f}" for name, values in tests.items())
-            print(f"  test regret (against the best test AUC in the grid) {regrets}")
-            winners = {name: max(range(len(grid)), key=aucs[name].__getitem__) for name in tests}
-            below = ", ".join(
-                f"{name} {values[winners[name]] - values[index]:.4f}" for name, values in tests.items()
-            )
-            print(f"  test AUC below the data set's val winner's {below}")
+            below_best, below_winner = test_readings(index)
+            print(f"  test regret (against the best test AUC in the grid) {below_best}")
+            print(f"  test AUC below the data set's val winner's {below_winner}")
     print(f"\nminimax-regret point: {_describe(grid[chosen])}")
     for message in edge_warnings(grid, grid[chosen]):
         print(f"  warning: {message}")
     for name in prepared:
-        winner = max(range(len(grid)), key=aucs[name].__getitem__)
+        winner = winners[name]
         print(f"{name} winner: {_describe(grid[winner])}")
         for message in edge_warnings(grid, grid[winner]):
             print(f"  warning: {message}")
