@@ -251,7 +251,8 @@ class DataSet:
     description: str
     prepare: Callable[[Path, int], Path | list[Path] | None]
     """(its own work directory, synthetic rows) -> the prepared directory, or several (splits of the
-    same rows, whose val AUCs are averaged), or None when unavailable."""
+    same rows, whose val AUCs are averaged), or None when unavailable. A synthetic data set's directory
+    holds its `dlrm-prep synth` output beside it, as `../synth`."""
     synthetic: bool = False
 
 
@@ -265,7 +266,9 @@ def _synthetic(
     encoding = ["--hash-buckets", ",".join(map(str, caps))] if hashed else ["--vocab-min-count", "2"]
 
     def prepare(work: Path, rows: int) -> Path:
-        synth, prepared = work / "synth", work / "prepared"
+        # One directory per size: the cache keys runs by `rows`, so the data must follow it too.
+        data = work / f"rows-{rows}"
+        synth, prepared = data / "synth", data / "prepared"
         if not (prepared / "manifest.json").exists():
             subprocess.run([str(BIN / "dlrm-prep"), "synth", "--out", str(synth), "--days", str(SYNTH_DAYS),
                             "--rows-per-day", str(rows // SYNTH_DAYS), "--seed", str(seed), "--cardinalities",
@@ -427,6 +430,19 @@ class Sweep:
         size = f"@{rows}" if DATASETS[dataset].synthetic else ""
         return f"{dataset}{size} ranks={self.nproc_per_node} {settings}"
 
+    def points_read(self, dataset: str, rows: int) -> list[dict[str, object]]:
+        """Every point of a single-split data set that the cache holds one run of under the sweep's own
+        seed (no `training.seed` in its key): the grid's, an edge walk's, any other script's."""
+        prefix = self.key(dataset, rows, {})
+        points = []
+        for key in self.results:
+            if not key.startswith(prefix) or " split=" in key:
+                continue
+            settings = dict(item[2:].split("=", 1) for item in key[len(prefix) :].split())
+            if "training.seed" not in settings:
+                points.append({name: _parsed(value) for name, value in settings.items()})
+        return points
+
     def _train(self, key: str, prepared: Path, point: dict[str, object]) -> float:
         if key not in self.results:
             run_dir = self.work / "runs" / hashlib.sha1(key.encode()).hexdigest()[:12]
@@ -444,6 +460,16 @@ class Sweep:
             self.results[key] = {"val": metrics["val"], "test": metrics["test"], "train": metrics["train"]}
             self.cache_path.write_text(json.dumps(self.results, indent=2, sort_keys=True))
         return self.results[key]["val"]["auc"]
+
+
+def _parsed(value: str) -> object:
+    """A setting as `Sweep.key` wrote it, back as the int, float or str it was."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def edge_warnings(grid: list[dict[str, object]], winner: dict[str, object]) -> list[str]:
@@ -533,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     for name in prepared:
         if DATASETS[name].synthetic:
-            synth_dir = args.workdir / name / "synth"
+            synth_dir = prepared[name].parent / "synth"
             half = rows // SYNTH_DAYS // 2
             print(f"{name}: oracle val AUC {oracle_auc(synth_dir, day=SYNTH_DAYS - 1, stop=half):.4f}")
     # Each data set's own val winner: the point a search on that data set alone would pick.

@@ -74,7 +74,9 @@ VARIANTS = {
 
 def prepare(work: Path, rows_per_day: int) -> Path:
     """Two synthetic days hashed into 100k-row tables: day_0 is the train split."""
-    synth, prepared = work / "synth", work / "prepared"
+    # One directory per size, so that a run with another --rows-per-day does not train on the last one's.
+    data = work / f"rows-per-day-{rows_per_day}"
+    synth, prepared = data / "synth", data / "prepared"
     if not (prepared / "manifest.json").exists():
         subprocess.run([str(BIN / "dlrm-prep"), "synth", "--out", str(synth), "--days", "2",
                         "--rows-per-day", str(rows_per_day), "--seed", "5"], check=True)  # fmt: skip

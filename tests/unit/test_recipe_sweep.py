@@ -105,3 +105,45 @@ def test_the_recipe_at_another_batch_is_the_point_of_the_same_stated_rates(sweep
 def test_held_out_data_sets_are_never_in_the_sets_that_choose(sweep):
     assert sweep.HELD_OUT and all(name in sweep.DATASETS for name in sweep.HELD_OUT)
     assert not set(sweep.HELD_OUT) & (set(sweep.DEFAULT_DATASETS) | set(sweep.QUICK_DATASETS))
+
+
+def test_each_size_of_a_synthetic_data_set_has_its_own_directory(sweep, tmp_path, monkeypatch):
+    # Runs are cached by --rows, so a second size in the same workdir must not train on the first's data.
+    commands = []
+
+    def fake_run(command, check):
+        commands.append(command)
+        if command[1] == "criteo":
+            out = Path(command[command.index("--out") + 1])
+            out.mkdir(parents=True)
+            (out / "manifest.json").write_text("{}")
+
+    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+    prepare = sweep.DATASETS["synth-heldout-4e4"].prepare
+    small, large = prepare(tmp_path, 200), prepare(tmp_path, 1000)
+    assert small != large
+    assert [
+        command[command.index("--rows-per-day") + 1] for command in commands if command[1] == "synth"
+    ] == [
+        "40",
+        "200",
+    ]
+    assert prepare(tmp_path, 200) == small and len(commands) == 4  # made once per size
+    assert (small.parent / "synth").name == "synth"
+
+
+def test_points_read_are_the_cached_seed_zero_points_of_one_data_set_and_size(sweep, tmp_path):
+    runs = sweep.Sweep(tmp_path, 2)
+    grid = sweep.GRIDS["quick"]()
+    walked = {**grid[0], "optim.warmup_fraction": 0.15, "training.batch_size": 64}
+    for point in (grid[3], walked):
+        runs.results[runs.key("synth-heldout-4e4", 200, point)] = {}
+    runs.results[runs.key("synth-heldout-4e4", 200, {**grid[5], "training.seed": 1})] = {}  # another seed
+    runs.results[runs.key("synth-heldout-4e4", 2000, grid[6])] = {}  # another size
+    runs.results[runs.key("synth-heldout-hashed", 200, grid[7])] = {}  # another data set
+    points = runs.points_read("synth-heldout-4e4", 200)
+    assert points == [grid[3], walked]
+    # 0 and 0.0 are equal but not the same setting on a command line: the types come back too.
+    assert {name: type(value) for name, value in points[1].items()} == {
+        name: type(value) for name, value in walked.items()
+    }

@@ -96,3 +96,53 @@ def test_best_test_adds_the_point_of_the_best_cached_test_auc(scripts, tmp_path,
     assert spread.main(["--workdir", str(tmp_path), "--seeds", "2", "--best-test"]) == 0
     assert {k: v for k, v in trained[-1].items() if k != "training.seed"} == grid[6]
     assert f"| the best seed-0 test AUC: {sweep._describe(grid[6])} |" in capsys.readouterr().out
+
+
+def test_top_reads_the_best_seed_zero_points_and_the_recipe_with_fresh_seeds(
+    scripts, tmp_path, monkeypatch, capsys
+):
+    sweep, _, spread = scripts
+    monkeypatch.setitem(
+        sweep.DATASETS, "movielens-100k", sweep.DataSet("fake", lambda work, rows: tmp_path / "prepared")
+    )
+    grid = sweep._quick_grid()
+    recipe = grid[sweep.recipe_index(grid)]
+    runs = sweep.Sweep(tmp_path, 2)
+    # Seed 0: grid[0] leads on val, grid[1] on test; the recipe is last on both.
+    seed0 = {0: (0.75, 0.70), 1: (0.74, 0.72), 2: (0.73, 0.71), 3: (0.72, 0.69)}
+    cache = {runs.key("movielens-100k", 0, grid[index]): {"val": {"auc": val}, "test": {"auc": test}}
+             for index, (val, test) in seed0.items()}  # fmt: skip
+    cache[runs.key("movielens-100k", 0, recipe)] = {"val": {"auc": 0.60}, "test": {"auc": 0.60}}
+    (tmp_path / "results.json").write_text(json.dumps(cache))
+    # Fresh seeds: grid[0] was lucky (its mean is 0.70), grid[2] the best by val (0.73); on test the recipe
+    # and grid[2] tie at the top (0.72), so the recipe's test regret is 0.
+    fresh = {0: (0.70, 0.69), 1: (0.71, 0.70), 2: (0.73, 0.72), 3: (0.60, 0.60)}
+    trained = []
+
+    def fake_val_auc(self, dataset, rows, prepared, point):
+        seed = point["training.seed"]
+        bare = {name: value for name, value in point.items() if name != "training.seed"}
+        index = grid.index(bare) if bare != recipe else "recipe"
+        trained.append((index, seed))
+        val, test = fresh[index] if index != "recipe" else (0.72, 0.72)
+        spread_of_seeds = (seed - 2.5) / 1000  # seeds 1..4: -0.0015 .. +0.0015, mean 0
+        self.test_aucs[self.key(dataset, rows, point)] = test + spread_of_seeds
+        return val + spread_of_seeds
+
+    monkeypatch.setattr(sweep.Sweep, "val_auc", fake_val_auc)
+    assert spread.main(["--workdir", str(tmp_path), "--rows", "0", "--seeds", "5", "--top", "2"]) == 0
+    # The recipe, then the top 2 by val (grid[0], grid[1]), then by test (grid[1] again, grid[2]).
+    assert trained == [(point, seed) for point in ("recipe", 0, 1, 2) for seed in (1, 2, 3, 4)]
+    out = capsys.readouterr().out
+    assert f"| {sweep._describe(grid[1])} | val #2, test #1 | 0.7400 | 0.7100 | " in out
+    assert (
+        f"the recipe's val regret over fresh seeds: 0.0100 (below {sweep._describe(grid[2])}, 0.7300)" in out
+    )
+    assert "the recipe's test regret over fresh seeds: 0.0000" in out
+
+
+def test_top_needs_two_fresh_seeds(scripts, tmp_path, capsys):
+    _, _, spread = scripts
+    with pytest.raises(SystemExit):
+        spread.main(["--workdir", str(tmp_path), "--seeds", "2", "--top", "3"])
+    assert "--seeds: --top needs >= 2 fresh seeds (--seeds >= 3), got 2" in capsys.readouterr().err
