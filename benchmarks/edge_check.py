@@ -35,22 +35,28 @@ from recipe_sweep import (
     QUICK_DATASETS,
     SYNTH_DAYS,
     Sweep,
-    _describe,
-    _point,
-    _quick_grid,
-    _share,
+    describe,
+    grid_point,
+    quick_grid,
+    warmup_share,
 )
 
 # The val winner of each quick-grid data set in the 90-point sweep of the README (the regret tables' 0.0000
 # cells), and the edges the sweep printed for it.
 RECORDED_WINNERS: dict[str, dict[str, object]] = {
-    "synth-values-1e6": _point(("adagrad", 0.02), ("adam", 0.004), **_share(0.1)),
-    "synth-pairs-1e3": _point(("adagrad", 0.1), ("adam", 0.008), **_share(0.3), training__batch_size=256),
-    "synth-dense-weak": _point(("adagrad", 0.05), ("adam", 0.002), **_share(0.6), training__batch_size=256),
-    "criteo-sample-5split": _point(
-        ("adagrad", 0.1), ("adam", 0.004), **_share(0.6), training__batch_size=128
+    "synth-values-1e6": grid_point(("adagrad", 0.02), ("adam", 0.004), **warmup_share(0.1)),
+    "synth-pairs-1e3": grid_point(
+        ("adagrad", 0.1), ("adam", 0.008), **warmup_share(0.3), training__batch_size=256
     ),
-    "movielens-100k": _point(("adagrad", 0.05), ("adam", 0.004), **_share(0.6), training__batch_size=512),
+    "synth-dense-weak": grid_point(
+        ("adagrad", 0.05), ("adam", 0.002), **warmup_share(0.6), training__batch_size=256
+    ),
+    "criteo-sample-5split": grid_point(
+        ("adagrad", 0.1), ("adam", 0.004), **warmup_share(0.6), training__batch_size=128
+    ),
+    "movielens-100k": grid_point(
+        ("adagrad", 0.05), ("adam", 0.004), **warmup_share(0.6), training__batch_size=512
+    ),
 }
 # Warmup shares move by this much of the run per step; the others double or halve.
 WARMUP_STEP = 0.15
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rows < 10 * SYNTH_DAYS:
         parser.error(f"--rows: must be >= {10 * SYNTH_DAYS}, got {args.rows}")
 
-    grid = _quick_grid()
+    grid = quick_grid()
     sweep = Sweep(args.workdir, args.nproc_per_node)
     summary: list[Run] = []
     for name in names:
@@ -183,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         if winner is None:
             print(f"skipping {name}: no recorded winner, and {args.workdir} holds no quick-grid sweep of it")
             continue
-        print(f"{name}: winner ({source}) {_describe(winner)}", flush=True)
+        print(f"{name}: winner ({source}) {describe(winner)}", flush=True)
         first = best = sweep.val_auc(name, args.rows, prepared, winner)
-        summary.append(Run(name, 0, "winner", 0, _describe(winner), best, 0.0))
+        summary.append(Run(name, 0, "winner", 0, describe(winner), best, 0.0))
         tried: list[dict[str, object]] = [winner]
         for round_index in range(1, args.rounds + 1):
             # Lines through the winner run over the grid and every point tried so far.
@@ -201,9 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                         break
                     auc = sweep.val_auc(name, args.rows, prepared, point)
                     tried.append(point)
-                    summary.append(
-                        Run(name, round_index, axis, direction, _describe(point), auc, auc - first)
-                    )
+                    summary.append(Run(name, round_index, axis, direction, describe(point), auc, auc - first))
                     if auc > challenger_auc:
                         challenger, challenger_auc = point, auc
                     if auc <= last:
@@ -213,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
             winner, best = challenger, challenger_auc
             if round_index < args.rounds:
-                print(f"{name}: round {round_index + 1} from {_describe(winner)} ({best:.4f})", flush=True)
+                print(f"{name}: round {round_index + 1} from {describe(winner)} ({best:.4f})", flush=True)
 
     print("\n| data set | round | past edge | point | val AUC | vs the first winner |")
     print("|---|---|---|---|---|---|")

@@ -93,28 +93,32 @@ AXES = (
 DEFAULTS = {"optim.warmup_fraction": 0.0, "optim.reference_batch_size": 1024}
 
 
-def _point(embedding: tuple[str, float], dense: tuple[str, float], **rest: object) -> dict[str, object]:
+def grid_point(embedding: tuple[str, float], dense: tuple[str, float], **rest: object) -> dict[str, object]:
+    """One grid point: `RECIPE` with the embedding and dense (optimizer, rate) pairs and any other settings
+    in `rest`, each spelled with `__` for the dot (`training__batch_size=256`)."""
     (embedding_optimizer, embedding_lr), (dense_optimizer, lr) = embedding, dense
     settings = {"optim.embedding_optimizer": embedding_optimizer, "optim.embedding_lr": embedding_lr,
                 "optim.dense_optimizer": dense_optimizer, "optim.lr": lr}  # fmt: skip
     return {**RECIPE, **settings, **{name.replace("__", "."): value for name, value in rest.items()}}
 
 
-def _full_grid() -> list[dict[str, object]]:
+def full_grid() -> list[dict[str, object]]:
+    """84 points: both Adagrads x five embedding rates x eight dense settings, and four around `RECIPE`."""
     embeddings = [
         (name, lr) for name in ("adagrad", "rowwise_adagrad") for lr in (0.01, 0.02, 0.05, 0.1, 0.2)
     ]
     denses = [("adam", lr) for lr in (0.001, 0.002, 0.004, 0.008)] + [
         ("adagrad", lr) for lr in (0.005, 0.01, 0.02, 0.04)
     ]
-    crossed = [_point(embedding, dense) for embedding in embeddings for dense in denses]
+    crossed = [grid_point(embedding, dense) for embedding in embeddings for dense in denses]
     recipe = (("adagrad", 0.02), ("adam", 0.004))
-    around = [_point(*recipe, training__batch_size=size) for size in (512, 2048)]
-    around += [_point(*recipe, optim__warmup_steps=steps) for steps in (0, 300)]
+    around = [grid_point(*recipe, training__batch_size=size) for size in (512, 2048)]
+    around += [grid_point(*recipe, optim__warmup_steps=steps) for steps in (0, 300)]
     return crossed + around
 
 
-def _quick_grid() -> list[dict[str, object]]:
+def quick_grid() -> list[dict[str, object]]:
+    """The 90 points that chose `configs/criteo_kaggle.toml` (the module docstring says how they grew)."""
     # Warmup is crossed with the rates: at --quick's sizes an epoch is 7 to 78 steps, so the recipe's 100
     # warmup steps never reach the full rate, and rates compared under warmup alone would mislead.
     # Warmup as a share of the run (optim.warmup_fraction) keeps one meaning across those sizes.
@@ -123,9 +127,9 @@ def _quick_grid() -> list[dict[str, object]]:
         for embedding_lr in (0.02, 0.05, 0.1)
         for dense in (("adam", 0.004), ("adagrad", 0.01))
     ]
-    crossed = [_point(*rate, optim__warmup_steps=warmup) for warmup in (100, 0) for rate in rates]
+    crossed = [grid_point(*rate, optim__warmup_steps=warmup) for warmup in (100, 0) for rate in rates]
     shares = [
-        _point(*rate, optim__warmup_steps=0, optim__warmup_fraction=share)
+        grid_point(*rate, optim__warmup_steps=0, optim__warmup_fraction=share)
         for share in (0.1, 0.3, 0.6, 0.8)
         for rate in rates
     ]
@@ -139,7 +143,9 @@ def _quick_grid() -> list[dict[str, object]]:
     # Between the two points that came closest to the 0.005 target (embedding 0.02 / Adam 0.004 / 30%
     # and embedding 0.05 / Adam 0.008 / 60%, each at 0.0053 worst regret).
     between = [
-        _point(("adagrad", embedding_lr), ("adam", lr), optim__warmup_steps=0, optim__warmup_fraction=share)
+        grid_point(
+            ("adagrad", embedding_lr), ("adam", lr), optim__warmup_steps=0, optim__warmup_fraction=share
+        )
         for embedding_lr, lr, share in ((0.03, 0.006, 0.45), (0.035, 0.006, 0.5), (0.05, 0.006, 0.45))
     ]
     # Around the minimax point that gave (embedding 0.035 / Adam 0.006 / warmup 50%), one step each way.
@@ -150,12 +156,12 @@ def _quick_grid() -> list[dict[str, object]]:
     # In order: synth-values-1e6, synth-pairs-1e3 (two), synth-dense-weak and MovieLens (two), the Criteo
     # sample in five splits.
     edges = [
-        _point(("adagrad", 0.01), ("adam", 0.004), **_share(0.1)),
-        _point(("adagrad", 0.05), ("adam", 0.016), **_share(0.3)),
-        _point(("adagrad", 0.05), ("adam", 0.008), **_share(0.15)),
-        _point(("adagrad", 0.05), ("adam", 0.002), **_share(0.6), training__batch_size=512),
-        _point(("adagrad", 0.05), ("adam", 0.004), **_share(0.6), training__batch_size=256),
-        _point(("adagrad", 0.02), ("adam", 0.006), **_share(0.45)),
+        grid_point(("adagrad", 0.01), ("adam", 0.004), **warmup_share(0.1)),
+        grid_point(("adagrad", 0.05), ("adam", 0.016), **warmup_share(0.3)),
+        grid_point(("adagrad", 0.05), ("adam", 0.008), **warmup_share(0.15)),
+        grid_point(("adagrad", 0.05), ("adam", 0.002), **warmup_share(0.6), training__batch_size=512),
+        grid_point(("adagrad", 0.05), ("adam", 0.004), **warmup_share(0.6), training__batch_size=256),
+        grid_point(("adagrad", 0.02), ("adam", 0.006), **warmup_share(0.45)),
     ]
     # Those moved the minimax point to batch 256 (the Criteo sample, 6-7 steps an epoch at batch 1024,
     # gained 0.016 there): one step along every axis around it, batch 128 included.
@@ -170,10 +176,10 @@ def _quick_grid() -> list[dict[str, object]]:
     # One step along every axis around the minimax point that gave (warmup 45% there).
     around += _around(("adagrad", 0.1), ("adam", 0.008), 0.45, embedding_lrs=(0.05, 0.2), lrs=(0.016,),
                       shares=(0.3,), sizes=(128, 512), batch=256)  # fmt: skip
-    return [*crossed, _point(*recipe, training__batch_size=2048), *shares, *around, *between, *edges]
+    return [*crossed, grid_point(*recipe, training__batch_size=2048), *shares, *around, *between, *edges]
 
 
-def _share(fraction: float) -> dict[str, object]:
+def warmup_share(fraction: float) -> dict[str, object]:
     """Warmup as `fraction` of the run, instead of the recipe's steps."""
     return {"optim__warmup_steps": 0, "optim__warmup_fraction": fraction}
 
@@ -193,14 +199,16 @@ def _around(
     warmup = {"optim__warmup_steps": 0, "optim__warmup_fraction": share}
     if batch is not None:
         warmup["training__batch_size"] = batch
-    points = [_point((embedding[0], lr), dense, **warmup) for lr in embedding_lrs]
-    points += [_point(embedding, (dense[0], lr), **warmup) for lr in lrs]
-    points += [_point(embedding, dense, **{**warmup, "optim__warmup_fraction": other}) for other in shares]
-    points += [_point(embedding, dense, **{**warmup, "training__batch_size": size}) for size in sizes]
+    points = [grid_point((embedding[0], lr), dense, **warmup) for lr in embedding_lrs]
+    points += [grid_point(embedding, (dense[0], lr), **warmup) for lr in lrs]
+    points += [
+        grid_point(embedding, dense, **{**warmup, "optim__warmup_fraction": other}) for other in shares
+    ]
+    points += [grid_point(embedding, dense, **{**warmup, "training__batch_size": size}) for size in sizes]
     return points
 
 
-GRIDS: dict[str, Callable[[], list[dict[str, object]]]] = {"full": _full_grid, "quick": _quick_grid}
+GRIDS: dict[str, Callable[[], list[dict[str, object]]]] = {"full": full_grid, "quick": quick_grid}
 RECIPE_FILE = REPO_ROOT / "configs" / "criteo_kaggle.toml"
 
 
@@ -387,7 +395,8 @@ QUICK_DATASETS = (
 )
 
 
-def _describe(point: dict[str, object]) -> str:
+def describe(point: dict[str, object]) -> str:
+    """A point in one line, as the README's tables show it: `adagrad 0.1 / adam 0.008 / b256 w45%`."""
     share = point.get("optim.warmup_fraction", 0.0)
     warmup = f"{share:.0%}" if share else point["optim.warmup_steps"]
     return (f"{point['optim.embedding_optimizer']} {point['optim.embedding_lr']} / {point['optim.dense_optimizer']} "
@@ -419,7 +428,7 @@ class Sweep:
             aucs = [self._train(f"{key} split={index}", split, point) for index, split in enumerate(prepared)]
             auc = sum(aucs) / len(aucs)
             spread = f" (mean of {len(aucs)} splits, {min(aucs):.4f}..{max(aucs):.4f})"
-        print(f"  {dataset:<17} {_describe(point):<48} val AUC {auc:.4f}{spread}", flush=True)
+        print(f"  {dataset:<17} {describe(point):<48} val AUC {auc:.4f}{spread}", flush=True)
         self.test_aucs[key] = None if isinstance(prepared, list) else self.results[key]["test"]["auc"]
         return auc
 
@@ -501,7 +510,7 @@ def regret_table(grid: list[dict[str, object]], aucs: dict[str, list[float]]) ->
              "|---" * (len(names) + 2) + "|"]  # fmt: skip
     for index, point in enumerate(grid):
         cells = [f"{best[name] - aucs[name][index]:.4f}" for name in names] + [f"{worst[index]:.4f}"]
-        label = _describe(point) + (" (first recipe)" if point == RECIPE else "")
+        label = describe(point) + (" (first recipe)" if point == RECIPE else "")
         lines.append(f"| {'**' + label + '**' if index == chosen else label} | " + " | ".join(cells) + " |")
     lines.append("| best val AUC | " + " | ".join(f"{best[name]:.4f}" for name in names) + " | |")
     return "\n".join(lines), chosen
@@ -590,17 +599,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{RECIPE_FILE.relative_to(REPO_ROOT)} is not a point of this grid")
     else:
         regrets = ", ".join(f"{name} {max(values) - values[index]:.4f}" for name, values in aucs.items())
-        print(f"\n{RECIPE_FILE.relative_to(REPO_ROOT)} is {_describe(grid[index])}: val regret {regrets}")
+        print(f"\n{RECIPE_FILE.relative_to(REPO_ROOT)} is {describe(grid[index])}: val regret {regrets}")
         if tests:
             below_best, below_winner = test_readings(index)
             print(f"  test regret (against the best test AUC in the grid) {below_best}")
             print(f"  test AUC below the data set's val winner's {below_winner}")
-    print(f"\nminimax-regret point: {_describe(grid[chosen])}")
+    print(f"\nminimax-regret point: {describe(grid[chosen])}")
     for message in edge_warnings(grid, grid[chosen]):
         print(f"  warning: {message}")
     for name in prepared:
         winner = winners[name]
-        print(f"{name} winner: {_describe(grid[winner])}")
+        print(f"{name} winner: {describe(grid[winner])}")
         for message in edge_warnings(grid, grid[winner]):
             print(f"  warning: {message}")
     return 0

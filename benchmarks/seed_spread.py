@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from edge_check import RECORDED_WINNERS, grid_winner
-from recipe_sweep import DATASETS, RECIPE_FILE, Sweep, _describe, _quick_grid, recipe_index
+from recipe_sweep import DATASETS, RECIPE_FILE, Sweep, describe, quick_grid, recipe_index
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--dataset: unknown data set {args.dataset!r}; known: {', '.join(DATASETS)}")
     if args.seeds < 2:
         parser.error(f"--seeds: a spread needs >= 2 seeds, got {args.seeds}")
-    grid = _quick_grid()
+    grid = quick_grid()
     index = recipe_index(grid)
     if index is None:
         parser.error(f"{RECIPE_FILE} is not a point of the quick grid: nothing to compare")
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             vals.append(sweep.val_auc(args.dataset, args.rows, prepared, seeded))
             tests.append(sweep.test_aucs[sweep.key(args.dataset, args.rows, seeded)])
         rows.append(
-            f"| {label}: {_describe(point)} | {statistics.mean(vals):.4f} | {statistics.stdev(vals):.4f} | "
+            f"| {label}: {describe(point)} | {statistics.mean(vals):.4f} | {statistics.stdev(vals):.4f} | "
             f"{statistics.mean(tests):.4f} | {statistics.stdev(tests):.4f} | "
             f"{' / '.join(f'{value:.4f}' for value in tests)} |"
         )
@@ -116,7 +116,7 @@ def _top(sweep: Sweep, args: argparse.Namespace, recipe: dict[str, object], prep
     seed0 = {name: sweep.results[name] for name in by_key}
     recipe_key = key(recipe)
     if recipe_key not in seed0:
-        print(f"{args.dataset}: {args.workdir} holds no seed-0 run of the recipe ({_describe(recipe)})")
+        print(f"{args.dataset}: {args.workdir} holds no seed-0 run of the recipe ({describe(recipe)})")
         return 1
     chosen_by: dict[str, list[str]] = {recipe_key: ["recipe"]}
     for split in ("val", "test"):
@@ -138,13 +138,13 @@ def _top(sweep: Sweep, args: argparse.Namespace, recipe: dict[str, object], prep
     print("|---|---|---|---|---|---|---|---|")
     for name in sorted(chosen_by, key=lambda name: statistics.mean(fresh[name][0]), reverse=True):
         vals, tests = fresh[name]
-        print(f"| {_describe(by_key[name])} | {', '.join(chosen_by[name])} | {seed0[name]['val']['auc']:.4f} | "
+        print(f"| {describe(by_key[name])} | {', '.join(chosen_by[name])} | {seed0[name]['val']['auc']:.4f} | "
               f"{statistics.mean(vals):.4f} | {statistics.stdev(vals):.4f} | {seed0[name]['test']['auc']:.4f} | "
               f"{statistics.mean(tests):.4f} | {statistics.stdev(tests):.4f} |")  # fmt: skip
     for split, column in (("val", 0), ("test", 1)):
         best = max(chosen_by, key=lambda name: statistics.mean(fresh[name][column]))
         regret = statistics.mean(fresh[best][column]) - statistics.mean(fresh[recipe_key][column])
-        print(f"the recipe's {split} regret over fresh seeds: {regret:.4f} (below {_describe(by_key[best])}, "
+        print(f"the recipe's {split} regret over fresh seeds: {regret:.4f} (below {describe(by_key[best])}, "
               f"{statistics.mean(fresh[best][column]):.4f})")  # fmt: skip
     return 0
 

@@ -33,7 +33,7 @@ def scripts():
 
 def test_recorded_winners_are_grid_points_and_their_edges_are_the_sweeps_warnings(scripts):
     sweep, check = scripts
-    grid = sweep._quick_grid()
+    grid = sweep.quick_grid()
     for name, winner in check.RECORDED_WINNERS.items():
         assert winner in grid, name
         found = check.edges(grid, winner)
@@ -149,7 +149,7 @@ def test_a_data_set_without_a_winner_is_skipped_with_a_reason(scripts, tmp_path,
 
 def test_the_winner_from_a_cached_sweep_needs_every_point_and_every_split(scripts, tmp_path):
     sweep, check = scripts
-    grid = sweep._quick_grid()[:3]
+    grid = sweep.quick_grid()[:3]
     runs = sweep.Sweep(tmp_path, nproc_per_node=2)
     for index, point in enumerate(grid):
         key = runs.key("movielens-100k", 0, point)
@@ -163,7 +163,7 @@ def test_the_winner_from_a_cached_sweep_needs_every_point_and_every_split(script
     # A third split the cache lacks: no winner rather than the mean of the two it has.
     assert check.grid_winner(runs, "criteo-sample-5split", 0, grid, splits=3) is None
     # A grid point the cache lacks: no winner.
-    assert check.grid_winner(runs, "movielens-100k", 0, sweep._quick_grid()[:4]) is None
+    assert check.grid_winner(runs, "movielens-100k", 0, sweep.quick_grid()[:4]) is None
 
 
 def test_no_warmup_in_steps_has_no_step_up(scripts):

@@ -78,7 +78,7 @@ def test_the_kaggle_recipe_is_a_quick_grid_point_at_its_own_batch(sweep):
     recipe = load_config(SCRIPT.parents[1] / "configs" / "criteo_kaggle.toml")
     grid = sweep.GRIDS["quick"]()
     point = {**sweep.DEFAULTS, **grid[sweep.recipe_index(grid)]}
-    assert sweep._describe(point) == "adagrad 0.1 / adam 0.008 / b256 w45%"
+    assert sweep.describe(point) == "adagrad 0.1 / adam 0.008 / b256 w45%"
     # The sqrt rule from 1024 to 256 halves the point's rates: the file's own numbers.
     assert (recipe.optim.reference_batch_size, recipe.training.batch_size) == (256, 256)
     assert point["optim.reference_batch_size"] == 1024
@@ -96,7 +96,7 @@ def test_the_recipe_at_another_batch_is_the_point_of_the_same_stated_rates(sweep
     other = tmp_path / "recipe.toml"
     grid = sweep.GRIDS["quick"]()
     other.write_text(text.replace("\nbatch_size = 256\n", "\nbatch_size = 512\n"))
-    assert sweep._describe(grid[sweep.recipe_index(grid, other)]) == "adagrad 0.1 / adam 0.008 / b512 w45%"
+    assert sweep.describe(grid[sweep.recipe_index(grid, other)]) == "adagrad 0.1 / adam 0.008 / b512 w45%"
     # At batch 64 no point of the grid has the recipe's warmup and batch.
     other.write_text(text.replace("\nbatch_size = 256\n", "\nbatch_size = 64\n"))
     assert sweep.recipe_index(grid, other) is None

@@ -77,7 +77,7 @@ def test_best_test_adds_the_point_of_the_best_cached_test_auc(scripts, tmp_path,
     monkeypatch.setitem(
         sweep.DATASETS, "movielens-100k", sweep.DataSet("fake", lambda work, rows: tmp_path / "prepared")
     )
-    grid = sweep._quick_grid()
+    grid = sweep.quick_grid()
     keys = [sweep.Sweep(tmp_path, 2).key("movielens-100k", 0, point) for point in grid]
     # Every point's seed-0 run cached, the 7th with the best test AUC.
     cache = {
@@ -95,7 +95,7 @@ def test_best_test_adds_the_point_of_the_best_cached_test_auc(scripts, tmp_path,
     monkeypatch.setattr(sweep.Sweep, "val_auc", fake_val_auc)
     assert spread.main(["--workdir", str(tmp_path), "--seeds", "2", "--best-test"]) == 0
     assert {k: v for k, v in trained[-1].items() if k != "training.seed"} == grid[6]
-    assert f"| the best seed-0 test AUC: {sweep._describe(grid[6])} |" in capsys.readouterr().out
+    assert f"| the best seed-0 test AUC: {sweep.describe(grid[6])} |" in capsys.readouterr().out
 
 
 def test_top_reads_the_best_seed_zero_points_and_the_recipe_with_fresh_seeds(
@@ -105,7 +105,7 @@ def test_top_reads_the_best_seed_zero_points_and_the_recipe_with_fresh_seeds(
     monkeypatch.setitem(
         sweep.DATASETS, "movielens-100k", sweep.DataSet("fake", lambda work, rows: tmp_path / "prepared")
     )
-    grid = sweep._quick_grid()
+    grid = sweep.quick_grid()
     recipe = grid[sweep.recipe_index(grid)]
     runs = sweep.Sweep(tmp_path, 2)
     # Seed 0: grid[0] leads on val, grid[1] on test; the recipe is last on both.
@@ -134,9 +134,9 @@ def test_top_reads_the_best_seed_zero_points_and_the_recipe_with_fresh_seeds(
     # The recipe, then the top 2 by val (grid[0], grid[1]), then by test (grid[1] again, grid[2]).
     assert trained == [(point, seed) for point in ("recipe", 0, 1, 2) for seed in (1, 2, 3, 4)]
     out = capsys.readouterr().out
-    assert f"| {sweep._describe(grid[1])} | val #2, test #1 | 0.7400 | 0.7100 | " in out
+    assert f"| {sweep.describe(grid[1])} | val #2, test #1 | 0.7400 | 0.7100 | " in out
     assert (
-        f"the recipe's val regret over fresh seeds: 0.0100 (below {sweep._describe(grid[2])}, 0.7300)" in out
+        f"the recipe's val regret over fresh seeds: 0.0100 (below {sweep.describe(grid[2])}, 0.7300)" in out
     )
     assert "the recipe's test regret over fresh seeds: 0.0000" in out
 
