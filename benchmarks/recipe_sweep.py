@@ -40,7 +40,7 @@ for batch 1024 (`optim.reference_batch_size`) and scale with the batch as the re
 cached in WORKDIR/results.json under (data set, rows, settings), so an interrupted sweep continues.
 
     .venv/bin/python benchmarks/recipe_sweep.py [--workdir /tmp/recipe-sweep-multi] [--quick]
-        [--rows N] [--grid full|quick] [--datasets a,b,...] [--nproc-per-node N]
+        [--rows N] [--grid full|quick] [--datasets a,b,...] [--nproc-per-node N] [--add-recipe]
 """
 
 from __future__ import annotations
@@ -531,9 +531,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--datasets", help=f"comma-separated subset of {', '.join(DATASETS)}")
     parser.add_argument("--nproc-per-node", type=int, help="ranks per run (default 2; quick 1)")
+    parser.add_argument("--add-recipe", action="store_true",
+                        help=f"when --grid lacks {RECIPE_FILE.name}'s own point, train it too (as the quick grid "
+                        "states it), so that its regret is printed; it then counts among the grid's points")  # fmt: skip
     args = parser.parse_args(argv)
     rows = args.rows or (40_000 if args.quick else 1_000_000)
     grid = GRIDS[args.grid or ("quick" if args.quick else "full")]()
+    if args.add_recipe and recipe_index(grid) is None:
+        quick = quick_grid()
+        index = recipe_index(quick)
+        if index is None:
+            raise ValueError(f"--add-recipe: {RECIPE_FILE} is not a point of the quick grid either")
+        grid.append(quick[index])
     nproc_per_node = args.nproc_per_node or (1 if args.quick else 2)
     names = (
         args.datasets.split(",")

@@ -147,3 +147,30 @@ def test_points_read_are_the_cached_seed_zero_points_of_one_data_set_and_size(sw
     assert {name: type(value) for name, value in points[1].items()} == {
         name: type(value) for name, value in walked.items()
     }
+
+
+def test_add_recipe_trains_the_recipe_beside_a_grid_that_lacks_it(sweep, tmp_path, monkeypatch, capsys):
+    recipe = sweep.quick_grid()[sweep.recipe_index(sweep.quick_grid())]
+    assert sweep.recipe_index(sweep.full_grid()) is None
+    monkeypatch.setitem(
+        sweep.DATASETS, "movielens-100k", sweep.DataSet("fake", lambda work, rows: tmp_path / "prepared")
+    )
+    trained = []
+
+    def fake_val_auc(self, dataset, rows, prepared, point):
+        trained.append(point)
+        self.test_aucs[self.key(dataset, rows, point)] = 0.70
+        # The recipe 0.01 below the best of the grid (0.75).
+        return 0.74 if point == recipe else 0.75 - len(trained) / 1e4
+
+    monkeypatch.setattr(sweep.Sweep, "val_auc", fake_val_auc)
+    argv = ["--workdir", str(tmp_path), "--grid", "full", "--datasets", "movielens-100k"]
+    assert sweep.main([*argv, "--add-recipe"]) == 0
+    assert len(trained) == len(sweep.full_grid()) + 1 and trained[-1] == recipe
+    assert "criteo_kaggle.toml is adagrad 0.1 / adam 0.008 / b256 w45%: val regret movielens-100k 0.0099" in (
+        capsys.readouterr().out
+    )
+    trained.clear()
+    assert sweep.main(argv) == 0
+    assert len(trained) == len(sweep.full_grid())
+    assert "criteo_kaggle.toml is not a point of this grid" in capsys.readouterr().out
