@@ -259,8 +259,8 @@ class DataSet:
     description: str
     prepare: Callable[[Path, int], Path | list[Path] | None]
     """(its own work directory, synthetic rows) -> the prepared directory, or several (splits of the
-    same rows, whose val AUCs are averaged), or None when unavailable. A synthetic data set's directory
-    holds its `dlrm-prep synth` output beside it, as `../synth`."""
+    same rows, whose val AUCs are averaged), or None when unavailable. For a synthetic data set the
+    prepared directory's sibling `synth` holds the `dlrm-prep synth` output, which the oracle reads."""
     synthetic: bool = False
 
 
@@ -439,17 +439,33 @@ class Sweep:
         size = f"@{rows}" if DATASETS[dataset].synthetic else ""
         return f"{dataset}{size} ranks={self.nproc_per_node} {settings}"
 
-    def points_read(self, dataset: str, rows: int) -> list[dict[str, object]]:
-        """Every point of a single-split data set that the cache holds one run of under the sweep's own
-        seed (no `training.seed` in its key): the grid's, an edge walk's, any other script's."""
+    def seed0_points(self, dataset: str, rows: int) -> list[dict[str, object]]:
+        """The points of a single-split data set that the cache holds a run of under the sweep's own seed.
+
+        Args:
+            dataset, rows: as for `key`; keys of other data sets, sizes, rank counts and splits are skipped,
+                and so are runs with a `training.seed` (another script's seeds).
+
+        Returns:
+            Each point's settings, read back from its cache key (the grid's points, an edge walk's, ...).
+
+        Raises:
+            ValueError: a key of this data set that does not read back into the settings that make it.
+        """
         prefix = self.key(dataset, rows, {})
         points = []
         for key in self.results:
             if not key.startswith(prefix) or " split=" in key:
                 continue
-            settings = dict(item[2:].split("=", 1) for item in key[len(prefix) :].split())
-            if "training.seed" not in settings:
-                points.append({name: _parsed(value) for name, value in settings.items()})
+            try:
+                settings = dict(item.removeprefix("--").split("=", 1) for item in key[len(prefix) :].split())
+            except ValueError:
+                settings = {}
+            point = {name: _parsed(value) for name, value in settings.items()}
+            if self.key(dataset, rows, point) != key:
+                raise ValueError(f"{self.cache_path}: the key {key!r} does not read back into its settings")
+            if "training.seed" not in point:
+                points.append(point)
         return points
 
     def _train(self, key: str, prepared: Path, point: dict[str, object]) -> float:

@@ -122,31 +122,48 @@ def test_each_size_of_a_synthetic_data_set_has_its_own_directory(sweep, tmp_path
     prepare = sweep.DATASETS["synth-heldout-4e4"].prepare
     small, large = prepare(tmp_path, 200), prepare(tmp_path, 1000)
     assert small != large
-    assert [
-        command[command.index("--rows-per-day") + 1] for command in commands if command[1] == "synth"
-    ] == [
-        "40",
-        "200",
-    ]
+    synth, criteo = commands[0::2], commands[1::2]
+    assert [command[command.index("--rows-per-day") + 1] for command in synth] == ["40", "200"]
+    # Each size's conversion reads its own synth output, which the oracle finds beside the prepared data.
+    for prepared, made, converted in zip((small, large), synth, criteo, strict=True):
+        assert (
+            made[made.index("--out") + 1]
+            == converted[converted.index("--input") + 1]
+            == str(prepared.parent / "synth")
+        )
+        assert converted[converted.index("--out") + 1] == str(prepared)
     assert prepare(tmp_path, 200) == small and len(commands) == 4  # made once per size
-    assert (small.parent / "synth").name == "synth"
 
 
-def test_points_read_are_the_cached_seed_zero_points_of_one_data_set_and_size(sweep, tmp_path):
+def test_seed0_points_are_the_cached_seed_zero_points_of_one_data_set_and_size(sweep, tmp_path):
     runs = sweep.Sweep(tmp_path, 2)
     grid = sweep.GRIDS["quick"]()
-    walked = {**grid[0], "optim.warmup_fraction": 0.15, "training.batch_size": 64}
+    walked = {**grid[0], "optim.warmup_fraction": 0.0, "optim.warmup_steps": 0, "optim.lr": 1e-05}
     for point in (grid[3], walked):
         runs.results[runs.key("synth-heldout-4e4", 200, point)] = {}
     runs.results[runs.key("synth-heldout-4e4", 200, {**grid[5], "training.seed": 1})] = {}  # another seed
     runs.results[runs.key("synth-heldout-4e4", 2000, grid[6])] = {}  # another size
     runs.results[runs.key("synth-heldout-hashed", 200, grid[7])] = {}  # another data set
-    points = runs.points_read("synth-heldout-4e4", 200)
+    runs.results[sweep.Sweep(tmp_path, 1).key("synth-heldout-4e4", 200, grid[8])] = {}  # another rank count
+    runs.results[runs.key("synth-heldout-4e4", 200, grid[9]) + " split=0"] = {}  # a split
+    points = runs.seed0_points("synth-heldout-4e4", 200)
     assert points == [grid[3], walked]
     # 0 and 0.0 are equal but not the same setting on a command line: the types come back too.
     assert {name: type(value) for name, value in points[1].items()} == {
         name: type(value) for name, value in walked.items()
     }
+    # A data set whose name starts another's: each reads only its own runs.
+    runs.results[runs.key("criteo-sample-5split", 0, grid[1])] = {}
+    runs.results[runs.key("criteo-sample", 0, grid[2])] = {}
+    assert runs.seed0_points("criteo-sample", 0) == [grid[2]]
+
+
+def test_a_cache_key_that_does_not_read_back_is_named(sweep, tmp_path):
+    runs = sweep.Sweep(tmp_path, 2)
+    key = runs.key("synth-heldout-4e4", 200, {"optim.embedding_optimizer": "row wise"})
+    runs.results[key] = {}
+    with pytest.raises(ValueError, match="does not read back into its settings"):
+        runs.seed0_points("synth-heldout-4e4", 200)
 
 
 def test_add_recipe_trains_the_recipe_beside_a_grid_that_lacks_it(sweep, tmp_path, monkeypatch, capsys):
@@ -160,7 +177,7 @@ def test_add_recipe_trains_the_recipe_beside_a_grid_that_lacks_it(sweep, tmp_pat
     def fake_val_auc(self, dataset, rows, prepared, point):
         trained.append(point)
         self.test_aucs[self.key(dataset, rows, point)] = 0.70
-        # The recipe 0.01 below the best of the grid (0.75).
+        # The recipe 0.0099 below the best of the grid (its first point, 0.7499).
         return 0.74 if point == recipe else 0.75 - len(trained) / 1e4
 
     monkeypatch.setattr(sweep.Sweep, "val_auc", fake_val_auc)
